@@ -81,13 +81,9 @@ class Tensor:
         array = np.asarray(data.data if isinstance(data, Tensor) else data, dtype=dtype)
         if array.dtype not in (np.float32, np.float64):
             array = array.astype(np.float64)
-        self.data = array
-        self.grad = None
-        self.requires_grad = bool(requires_grad)
-        self.op = "leaf"
+        self.data, self.grad, self.requires_grad, self.op = array, None, bool(requires_grad), "leaf"
         self._parents: tuple[Tensor, ...] = ()
-        self._vjp = None
-        self._freed = False
+        self._vjp, self._freed = None, False
 
     @staticmethod
     def from_op(data: np.ndarray, parents: Sequence["Tensor"], vjp: Callable, op: str) -> "Tensor":
@@ -97,9 +93,7 @@ class Tensor:
         out = Tensor(data)
         out.op = op
         if _Mode.grad_enabled and any(p.requires_grad for p in parents):
-            out.requires_grad = True
-            out._parents = tuple(parents)
-            out._vjp = vjp
+            out.requires_grad, out._parents, out._vjp = True, tuple(parents), vjp
         return out
 
     # -- array-like conveniences
@@ -109,20 +103,11 @@ class Tensor:
     dtype = property(lambda self: self.data.dtype)
     T = property(lambda self: transpose(self))
 
-    def __len__(self):
-        return len(self.data)
-
-    def __repr__(self):
-        return f"Tensor({self.data!r}, op={self.op}, requires_grad={self.requires_grad})"
-
-    def numpy(self) -> np.ndarray:
-        return self.data
-
-    def item(self) -> float:
-        return self.data.item()
-
-    def detach(self) -> "Tensor":
-        return Tensor(self.data)
+    def __len__(self): return len(self.data)
+    def __repr__(self): return f"Tensor({self.data!r}, op={self.op}, requires_grad={self.requires_grad})"
+    def numpy(self) -> np.ndarray: return self.data
+    def item(self) -> float: return self.data.item()
+    def detach(self) -> "Tensor": return Tensor(self.data)
 
     def backward(self, grad=None, create_graph: bool = False, retain_graph: bool | None = None) -> None:
         """Accumulate d self / d leaf into every leaf's .grad (grad defaults to 1 for a scalar)."""
