@@ -280,6 +280,7 @@ def test_no_grad_records_nothing():
     assert not y.requires_grad
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")          # the NaN/inf here are on purpose
 def test_anomaly_mode_names_the_op_that_made_nan():
     x = ad.Tensor(np.array([1.0, -1.0]), requires_grad=True)
     with ad.anomaly_mode():
