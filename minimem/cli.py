@@ -3,7 +3,8 @@
     minimem list [--family F]        registered gradcheck cases, grouped by model family
     minimem gradcheck [options]      same as `python -m gradcheck` (see `minimem gradcheck --help`)
     minimem bench [options]          same as `python -m minimem.bench`
-    minimem demo [NAME]              reserved: the demos are scripts in demos/ for now
+    minimem demo                     list the demos (the scripts in the checkout's demos/ folder)
+    minimem demo NAME [options]      run demos/NAME.py with the options (e.g. --quick, --out DIR)
 
 Each subcommand is one `cmd_<name>(args) -> int` function below; add a subcommand by adding its
 parser in build_parser() and its function to COMMANDS.
@@ -12,9 +13,15 @@ parser in build_parser() and its function to COMMANDS.
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import subprocess
 import sys
+from pathlib import Path
+
+# The demos are scripts beside the package in a checkout (the top level is fixed: demos/ is not
+# installed), so `minimem demo` works from a clone installed with `pip install -e .`.
+DEMOS_DIR = Path(__file__).resolve().parent.parent / "demos"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            description="Same as `python -m gradcheck`."))
     # bench keeps its own options (and --help): everything after `bench` is passed through.
     sub.add_parser("bench", help="run the benchmarks (python -m minimem.bench)", add_help=False)
-    demo = sub.add_parser("demo", help="run a demo (not available yet: run python demos/<name>.py)")
-    demo.add_argument("name", nargs="?", help="demo name")
+    # demo passes everything after its name through to the script, like bench.
+    sub.add_parser("demo", help="list the demos, or run one: minimem demo NAME [--quick] [--out DIR]",
+                   add_help=False)
     return parser
 
 
@@ -59,13 +67,38 @@ def cmd_bench(args: argparse.Namespace, passthrough: list[str]) -> int:
     return subprocess.call([sys.executable, "-m", "minimem.bench", *passthrough])
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    print("minimem demo is not available yet; run a script from demos/ instead, e.g. python demos/<name>.py",
-          file=sys.stderr)
-    return 1
+def available_demos() -> dict[str, str]:
+    """Demo name -> the first line of its docstring, for every script in demos/."""
+    if not DEMOS_DIR.is_dir():
+        return {}
+    demos = {}
+    for path in sorted(DEMOS_DIR.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        demos[path.stem] = doc.strip().splitlines()[0] if doc.strip() else ""
+    return demos
 
 
-COMMANDS = {"list": cmd_list, "gradcheck": cmd_gradcheck, "demo": cmd_demo}
+def cmd_demo(args: argparse.Namespace, passthrough: list[str]) -> int:
+    demos = available_demos()
+    if not passthrough or passthrough[0] in ("-h", "--help"):
+        if not demos:
+            print(f"no demos found (looked in {DEMOS_DIR}; they ship with a checkout of the repository)")
+            return 0
+        print("usage: minimem demo NAME [--quick] [--out DIR] [options of the demo]\n")
+        width = max(len(name) for name in demos)
+        for name, summary in demos.items():
+            print(f"  {name:<{width}}  {summary}")
+        return 0
+    name, options = passthrough[0], passthrough[1:]
+    if name not in demos:
+        print(f"unknown demo {name!r}; expected one of: {', '.join(demos) or '(none found)'}", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, str(DEMOS_DIR / f"{name}.py"), *options])
+
+
+COMMANDS = {"list": cmd_list, "gradcheck": cmd_gradcheck}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
         return cmd_bench(args, extra)
+    if args.command == "demo":
+        return cmd_demo(args, extra)
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return COMMANDS[args.command](args)

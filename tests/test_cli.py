@@ -1,4 +1,4 @@
-"""The `minimem` command: list, gradcheck (same as python -m gradcheck), bench, and the reserved demo."""
+"""The `minimem` command: list, gradcheck (same as python -m gradcheck), bench and demo."""
 
 import shutil
 import subprocess
@@ -93,9 +93,18 @@ def test_bench_says_when_it_is_not_available(monkeypatch, capsys):
     assert "not available" in capsys.readouterr().err
 
 
-def test_demo_is_reserved(capsys):
-    assert cli.main(["demo", "ntm_copy"]) == 1
-    assert "not available yet" in capsys.readouterr().err
+def test_demo_lists_and_runs_scripts_with_their_options(tmp_path, monkeypatch, capsys):
+    (tmp_path / "toy.py").write_text('''"""A toy demo that writes its arguments."""
+import sys, pathlib
+pathlib.Path(sys.argv[sys.argv.index("--out") + 1], "args.txt").write_text(" ".join(sys.argv[1:]))
+''')
+    monkeypatch.setattr(cli, "DEMOS_DIR", tmp_path)
+    assert cli.main(["demo"]) == 0
+    assert "toy  A toy demo that writes its arguments." in capsys.readouterr().out
+    assert cli.main(["demo", "toy", "--quick", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "args.txt").read_text() == f"--quick --out {tmp_path}"
+    assert cli.main(["demo", "no_such_demo"]) == 2
+    assert "unknown demo 'no_such_demo'" in capsys.readouterr().err
 
 
 def test_console_script_help_smoke():
