@@ -1,0 +1,503 @@
+"""Differentiable Neural Computer (Graves et al. 2016, "Hybrid computing using a neural network with
+dynamic external memory", Nature 538:471, Methods): a deep LSTM controller that writes to and reads
+from an N x W memory through content lookup, dynamic allocation (a differentiable free list) and
+temporal links. Paper mode: one write head, R read heads (spec specs/ntm_dnc_sam.md, Part B).
+
+Shapes: B batch, T time, X input width, Y output width, N slots, W word size, R read heads,
+H hidden size per controller layer, L controller layers (`layers`), I = W*R + 3W + 5R + 3.
+
+One time step, spec B.3 (the Methods number only eqs. (1) allocation and (2) write weighting):
+     1. chi_t = [x_t; r^1_{t-1}; ...; r^R_{t-1}]                               (B, X + RW)
+     2. deep LSTM, layer l = 0..L-1 (h^{-1}_t absent):                         (B, H) per layer
+        (h^l_t, s^l_t) = LSTM_l([chi_t; h^{l-1}_t], h^l_{t-1}, s^l_{t-1}),  h_t = [h^0_t; ...; h^{L-1}_t]
+     3. v_t = h_t W_y + b_y,   xi_t = h_t W_xi + b_xi                           (B, Y), (B, I)
+     4. interface split and squashed (minimem.memory.dnc_interface)
+     5.-16. free, allocate, write, link, read (minimem.memory.dnc_access)
+    17. y_t = v_t + [r^1_t; ...; r^R_t] W_r                                      (B, Y)
+The memory writes before it reads: the write content lookup sees M_{t-1}, the reads see M_t.
+
+Parameters (an ordered dict; the same names key gradients, checkpoints and golden files):
+    `controller.layer{l}.W_x`  (X + R*W, 4H) for l = 0, (X + R*W + H, 4H) for l >= 1, used as
+                               [chi_t; h^{l-1}_t] @ W_x: rows [0:X] act on x_t, rows [X:X+RW] on the
+                               read vectors (head after head), rows [X+RW:] on the layer below.
+    `controller.layer{l}.W_h`  (H, 4H), used as h^l_{t-1} @ W_h.
+    `controller.layer{l}.b`    (4H,). Gate order i, f, g, o (minimem.nn.lstm); the paper's
+                               W^l acting on [chi_t; h^l_{t-1}; h^{l-1}_t] is the row stack
+                               [W_x[:X+RW]; W_h; W_x[X+RW:]], transposed. Forget bias starts at 1.
+    `interface.W` (L*H, I), `interface.b` (I,): xi_t = h_t @ W + b; column layout in dnc_interface.
+    `output.W` (L*H, Y), `output.b` (Y,): v_t = h_t @ W + b.
+    `read_out.W` (R*W, Y): the read vectors' contribution [r^1_t; ...; r^R_t] @ W (no bias).
+The paper has no biases on W_y and W_xi; deepmind/dnc has them on every map; minimem includes them
+[B.10.1]. `output` and `read_out` together are deepmind/dnc's final Linear on [h_t; r_t].
+
+Choices [spec B.10]: strengths oneplus (default) or softplus; read modes ordered (backward, content,
+forward); usage differentiated w.r.t. w^w_{t-1} (paper, `usage_write_grad=True`) or not (deepmind/dnc
+stop-gradient); allocation usage floor eps_a = 1e-6; stable sort, ties to the lower slot; deep LSTM
+with skip connections from the input (L = 1 is deepmind/dnc's single LSTM); optional `clip` of
+every layer's output h and cell state s to [-clip, clip] before use (deepmind/dnc uses 20; off by
+default). The paper's elementwise clipping of controller-activation gradients during training
+[B.10.8] is a training option, not part of the model function, and is not implemented here.
+
+Discrete choices: the free lists phi_t (and, in deepmind mode, the w^w_{t-1} values the usage saw)
+are constants of the backward pass. forward records them in cache.record (a DNCRecord); passing
+that record back as `frozen=` replays them, so finite differences do not straddle a sort kink.
+
+Engines: DNC.forward / DNC.backward (hand-derived BPTT, vectorised over batch and heads, looping
+over time and layers only) and DNC.forward_autodiff (the same equations with the primitives'
+autodiff twins). forward(xs, state) carries a DNCState, so T steps at once equal T/2 + T/2 with the
+final state passed on; backward_with_state chains gradients across such chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, NamedTuple
+
+import numpy as np
+
+from minimem import autodiff as ad
+from minimem.memory.allocation import ALLOCATION_EPS
+from minimem.memory.dnc_access import MemoryState, access_autodiff, access_backward, access_forward
+from minimem.memory.dnc_interface import (
+    STRENGTHS, interface_autodiff, interface_backward, interface_forward, interface_size,
+)
+from minimem.nn.linear import (
+    as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward, linear_init,
+    strip_prefix, with_prefix,
+)
+from minimem.nn.lstm import lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward
+
+
+# ----------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class DNCConfig:
+    """Sizes and options of a DNC (spec B.2, B.10).
+
+    X, Y: input and output widths. N, W: memory slots and word size. R: read heads.
+    H: hidden size of each controller layer. layers: L, the depth of the controller (1 = one LSTM).
+    strengths: "oneplus" (paper) or "softplus" (deepmind/dnc) for the key strengths.
+    usage_write_grad: True (paper) or False (deepmind/dnc stop-gradient on w^w_{t-1} in the usage).
+    eps_a: allocation usage floor in [0, 1). clip: None, or the bound of deepmind/dnc's clipping of
+    the controller output and state. forget_bias: initial forget-gate bias. dtype: "float64" or "float32".
+    """
+    X: int
+    Y: int
+    N: int = 16
+    W: int = 8
+    R: int = 2
+    H: int = 64
+    layers: int = 1
+    strengths: str = "oneplus"
+    usage_write_grad: bool = True
+    eps_a: float = ALLOCATION_EPS
+    clip: float | None = None
+    forget_bias: float = 1.0
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        for name in ("X", "Y", "N", "W", "R", "H", "layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"DNCConfig.{name} must be an integer >= 1; got {value!r}")
+        if self.strengths not in STRENGTHS:
+            raise ValueError(f"DNCConfig.strengths must be one of {STRENGTHS}; got {self.strengths!r}")
+        if not isinstance(self.usage_write_grad, (bool, np.bool_)):
+            raise ValueError(f"DNCConfig.usage_write_grad must be True (paper) or False (deepmind); "
+                             f"got {self.usage_write_grad!r}")
+        if not (isinstance(self.eps_a, (int, float)) and 0.0 <= self.eps_a < 1.0):
+            raise ValueError(f"DNCConfig.eps_a must be a number in [0, 1); got {self.eps_a!r}")
+        if self.clip is not None and not (isinstance(self.clip, (int, float)) and np.isfinite(self.clip)
+                                          and self.clip > 0):
+            raise ValueError(f"DNCConfig.clip must be None or a positive number; got {self.clip!r}")
+        if not (isinstance(self.forget_bias, (int, float)) and np.isfinite(self.forget_bias)):
+            raise ValueError(f"DNCConfig.forget_bias must be a finite number; got {self.forget_bias!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"DNCConfig.dtype must be 'float64' or 'float32'; got {self.dtype!r}")
+
+    @property
+    def I(self) -> int:
+        """Interface size W*R + 3W + 5R + 3."""
+        return interface_size(self.R, self.W)
+
+
+def param_shapes(config: DNCConfig) -> dict[str, tuple[int, ...]]:
+    """Every parameter's name and shape, in the order of model.params (layouts: module docstring)."""
+    X, Y, R, W, H, layers = config.X, config.Y, config.R, config.W, config.H, config.layers
+    shapes: dict[str, tuple[int, ...]] = {}
+    for l in range(layers):
+        shapes[f"controller.layer{l}.W_x"] = (X + R * W + (H if l else 0), 4 * H)
+        shapes[f"controller.layer{l}.W_h"] = (H, 4 * H)
+        shapes[f"controller.layer{l}.b"] = (4 * H,)
+    shapes["interface.W"], shapes["interface.b"] = (layers * H, config.I), (config.I,)
+    shapes["output.W"], shapes["output.b"] = (layers * H, Y), (Y,)
+    shapes["read_out.W"] = (R * W, Y)
+    return shapes
+
+
+# ----------------------------------------------------------------- state, record, validation
+class DNCState(NamedTuple):
+    """Everything carried from step t to t+1 (spec B.2); zeros at a sequence start."""
+    M: np.ndarray        # (B, N, W) memory
+    u: np.ndarray        # (B, N) usage
+    p: np.ndarray        # (B, N) precedence
+    L: np.ndarray        # (B, N, N) temporal link matrix
+    w_w: np.ndarray      # (B, N) write weighting
+    w_r: np.ndarray      # (B, R, N) read weightings
+    r: np.ndarray        # (B, R, W) read vectors
+    h: np.ndarray        # (layers, B, H) controller outputs h^l
+    c: np.ndarray        # (layers, B, H) controller cell states (s^l in the paper)
+
+    @property
+    def memory(self) -> MemoryState:
+        return MemoryState(*self[:7])
+
+
+class DNCRecord(NamedTuple):
+    """The non-differentiated choices of a forward pass, replayable with forward(..., frozen=record)."""
+    phi: np.ndarray          # (T, B, N) int, the free list of every step (ascending floored usage)
+    usage_w_w: np.ndarray    # (T, B, N) the w^w_{t-1} each usage update used (replayed in deepmind mode only)
+
+
+def initial_state(config: DNCConfig, B: int, N: int | None = None) -> DNCState:
+    """All-zero state for a batch of B; N overrides config.N (the trained weights do not depend on N)."""
+    N = config.N if N is None else N
+    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
+        raise ValueError(f"N must be an integer >= 1; got {N!r}")
+    R, W, H, layers, dtype = config.R, config.W, config.H, config.layers, np.dtype(config.dtype)
+    zeros = lambda *shape: np.zeros(shape, dtype=dtype)
+    return DNCState(zeros(B, N, W), zeros(B, N), zeros(B, N), zeros(B, N, N), zeros(B, N),
+                    zeros(B, R, N), zeros(B, R, W), zeros(layers, B, H), zeros(layers, B, H))
+
+
+def _check_inputs(xs, config: DNCConfig) -> np.ndarray:
+    xs = as_float_array("xs", xs)
+    if xs.ndim != 3 or xs.shape[2] != config.X or xs.shape[0] == 0 or xs.shape[1] == 0:
+        raise ValueError(f"xs must have shape (T, B, X) with T >= 1, B >= 1 and X={config.X}; got {xs.shape}")
+    check_finite("xs", xs)
+    return xs.astype(config.dtype, copy=False)
+
+
+def _check_state(state, config: DNCConfig, B: int) -> DNCState:
+    if not isinstance(state, tuple) or len(state) != len(DNCState._fields):
+        raise ValueError(f"state must be a DNCState {DNCState._fields}; got {type(state).__name__}")
+    state = DNCState(*(as_float_array(f"state.{n}", a) for n, a in zip(DNCState._fields, state)))
+    if state.M.ndim != 3:
+        raise ValueError(f"state.M must have shape (B, N, W); got {state.M.shape}")
+    N, R, W, H, layers = state.M.shape[1], config.R, config.W, config.H, config.layers
+    expected = {"M": (B, N, W), "u": (B, N), "p": (B, N), "L": (B, N, N), "w_w": (B, N), "w_r": (B, R, N),
+                "r": (B, R, W), "h": (layers, B, H), "c": (layers, B, H)}
+    legend = {"M": "(B, N, W)", "u": "(B, N)", "p": "(B, N)", "L": "(B, N, N)", "w_w": "(B, N)",
+              "w_r": "(B, R, N)", "r": "(B, R, W)", "h": "(layers, B, H)", "c": "(layers, B, H)"}
+    for name, shape in expected.items():
+        value = getattr(state, name)
+        if value.shape != shape:
+            raise ValueError(f"state.{name} must have shape {legend[name]} = {shape}; got {value.shape}")
+        check_finite(f"state.{name}", value)
+    return state
+
+
+def _check_frozen(frozen, config: DNCConfig, T: int, B: int, N: int) -> None:
+    if not isinstance(frozen, DNCRecord):
+        raise ValueError(f"frozen must be a DNCRecord (cache.record of an earlier forward); "
+                         f"got {type(frozen).__name__}")
+    phi = np.asarray(frozen.phi)
+    if phi.shape != (T, B, N) or phi.dtype.kind not in "iu":
+        raise ValueError(f"frozen.phi must be an integer array of shape (T, B, N) = {(T, B, N)}; "
+                         f"got {phi.dtype} {phi.shape}")
+    if not config.usage_write_grad and np.shape(frozen.usage_w_w) != (T, B, N):
+        raise ValueError(f"frozen.usage_w_w must have shape (T, B, N) = {(T, B, N)} in deepmind mode "
+                         f"(usage_write_grad=False); got {np.shape(frozen.usage_w_w)}")
+
+
+# ----------------------------------------------------------------- controller, B.3 step 2
+class ControllerCache(NamedTuple):
+    layers: tuple        # one LSTMStepCache per layer
+    masks: tuple         # per layer (|h| <= clip, |s| <= clip) boolean (B, H) pairs; () without clip
+
+
+def _layer_params(params: Mapping, l: int) -> dict:
+    return strip_prefix(f"controller.layer{l}", params)
+
+
+def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, params: Mapping,
+                            layers: int, clip: float | None = None):
+    """Deep LSTM with skip connections from the input, spec B.3 step 2.
+
+    Args:
+        chi: (B, X + RW) controller input chi_t.
+        h_prev, c_prev: (layers, B, H) outputs and cell states of step t-1.
+        params: the model's params (the `controller.layer{l}.*` entries are used).
+        layers: L. clip: None, or the bound applied to each layer's new h and s (deepmind/dnc).
+    Returns:
+        h, c: (layers, B, H) the new outputs and cell states, and the ControllerCache.
+    """
+    hs, cs, caches, masks = [], [], [], []
+    for l in range(layers):
+        layer_input = chi if l == 0 else np.concatenate([chi, hs[-1]], axis=1)   # (B, X+RW [+H])
+        (h, c), cache = lstm_step_forward(layer_input, h_prev[l], c_prev[l], _layer_params(params, l))
+        if clip is not None:
+            masks.append((np.abs(h) <= clip, np.abs(c) <= clip))
+            h, c = np.clip(h, -clip, clip), np.clip(c, -clip, clip)
+        hs.append(h)
+        cs.append(c)
+        caches.append(cache)
+    return np.stack(hs), np.stack(cs), ControllerCache(tuple(caches), tuple(masks))   # (layers, B, H)
+
+
+def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache: ControllerCache, chi_width: int):
+    """Adjoint of controller_step_forward.
+
+    Args:
+        dh: (layers, B, H) gradient w.r.t. each layer's output h^l_t from this step's output maps
+            and from step t+1 (the gradient from the layer above at this step is added here).
+        dc: (layers, B, H) gradient w.r.t. s^l_t carried from step t+1.
+        chi_width: X + RW, to split each layer's input gradient into chi_t and h^{l-1}_t.
+    Returns:
+        dchi (B, X + RW), dh_prev and dc_prev (layers, B, H), and the controller's parameter
+        gradients (names `controller.layer{l}.*`).
+    """
+    dh_prev, dc_prev = np.empty_like(dh), np.empty_like(dc)
+    dchi, dh_from_above, grads = 0.0, 0.0, {}
+    for l in reversed(range(len(cache.layers))):
+        dh_l, dc_l = dh[l] + dh_from_above, dc[l]
+        if cache.masks:                                          # the clip passes gradient inside
+            dh_l, dc_l = dh_l * cache.masks[l][0], dc_l * cache.masks[l][1]
+        dinput, dh_prev[l], dc_prev[l], layer_grads = lstm_step_backward(dh_l, dc_l, cache.layers[l])
+        dchi = dchi + dinput[:, :chi_width]                      # every layer sees chi_t
+        dh_from_above = dinput[:, chi_width:]                    # (B, H) to layer l-1 (empty at l = 0)
+        grads.update(with_prefix(f"controller.layer{l}", layer_grads))
+    return dchi, dh_prev, dc_prev, grads
+
+
+# ----------------------------------------------------------------- one time step, B.3 steps 1-17
+class DNCStepCache(NamedTuple):
+    controller: ControllerCache   # step 2
+    output: object                # step 3, LinearCache of v_t
+    interface_linear: object      # step 3, LinearCache of xi_t
+    interface: object             # step 4, InterfaceCache
+    access: object                # steps 5-16, AccessCache
+    read_out: object              # step 17, LinearCache of the read vectors' term
+
+
+def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DNCConfig,
+                     phi: np.ndarray | None = None, usage_w_w: np.ndarray | None = None):
+    """One DNC step, spec B.3 steps 1-17.
+
+    Args:
+        x: (B, X) input x_t. state: DNCState at t-1. params: the model's params.
+        phi: (B, N) int free list to replay (None: sort). usage_w_w: (B, N) recorded w^w_{t-1} for
+            the usage update (deepmind mode replay; None: state.w_w).
+    Returns:
+        y: (B, Y) output, the DNCState at t, and the DNCStepCache.
+    """
+    B, R, W = x.shape[0], config.R, config.W
+    chi = np.concatenate([x, state.r.reshape(B, R * W)], axis=1)                       # 1. (B, X + RW)
+    h, c, c_controller = controller_step_forward(chi, state.h, state.c, params,
+                                                 config.layers, config.clip)            # 2. (layers, B, H)
+    h_cat = np.concatenate(list(h), axis=1)                                             # (B, L*H)
+    v, c_output = linear_forward(h_cat, params["output.W"], params["output.b"])         # 3. (B, Y)
+    xi, c_xi = linear_forward(h_cat, params["interface.W"], params["interface.b"])      # 3. (B, I)
+    iface, c_interface = interface_forward(xi, R, W, config.strengths)                  # 4.
+    memory, c_access = access_forward(state.memory, iface, config.usage_write_grad,
+                                      config.eps_a, phi, usage_w_w)                     # 5.-16.
+    read_term, c_read_out = linear_forward(memory.r.reshape(B, R * W), params["read_out.W"])  # 17. (B, Y)
+    y = v + read_term
+    cache = DNCStepCache(c_controller, c_output, c_xi, c_interface, c_access, c_read_out)
+    return y, DNCState(*memory, h, c), cache
+
+
+def dnc_step_backward(dy: np.ndarray, dstate: DNCState, cache: DNCStepCache, config: DNCConfig):
+    """Adjoint of dnc_step_forward.
+
+    Args:
+        dy: (B, Y) this step's loss gradient w.r.t. y_t (from outside).
+        dstate: DNCState of gradients w.r.t. the state at t, carried from step t+1 (zeros at t = T).
+    Returns:
+        dstate_prev (gradients w.r.t. the state at t-1, to carry to step t-1) and this step's
+        parameter gradients (a dict with the params' names).
+    """
+    B, layers, H = dy.shape[0], config.layers, config.H
+    dr_flat, dW_r, _ = linear_backward(dy, cache.read_out)                             # 17.
+    dmemory = dstate.memory._replace(r=dstate.r + dr_flat.reshape(dstate.r.shape))
+    dmemory_prev, dinterface = access_backward(dmemory, cache.access)                 # 16.-5.
+    dxi = interface_backward(dinterface, cache.interface)                              # 4.
+    dh_xi, dW_xi, db_xi = linear_backward(dxi, cache.interface_linear)                 # 3.
+    dh_v, dW_y, db_y = linear_backward(dy, cache.output)                               # 3.
+    dh = (dh_xi + dh_v).reshape(B, layers, H).transpose(1, 0, 2) + dstate.h           # (layers, B, H)
+    chi_width = config.X + config.R * config.W
+    dchi, dh_prev, dc_prev, grads = controller_step_backward(dh, dstate.c, cache.controller, chi_width)  # 2.
+    dr_prev = dchi[:, config.X:].reshape(B, config.R, config.W)                        # 1.
+    grads.update({"interface.W": dW_xi, "interface.b": db_xi, "output.W": dW_y, "output.b": db_y,
+                  "read_out.W": dW_r})
+    return DNCState(*dmemory_prev[:6], dr_prev, dh_prev, dc_prev), grads
+
+
+# ----------------------------------------------------------------- a sequence, BPTT
+class DNCCache(NamedTuple):
+    config: DNCConfig
+    xs: np.ndarray           # (T, B, X) inputs
+    state0: DNCState         # the initial state
+    steps: list              # T DNCStepCache
+    states: list             # T DNCState: the state after each step (states[-1] is the final state)
+    record: DNCRecord        # free lists and usage write weights, to replay with frozen=
+
+    @property
+    def final_state(self) -> DNCState:
+        return self.states[-1]
+
+
+def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCState | None = None,
+                frozen: DNCRecord | None = None) -> tuple[np.ndarray, DNCCache]:
+    """Run the DNC over a sequence (no validation of params: DNC.forward does that).
+
+    Args:
+        params: the parameter dict. xs: (T, B, X) inputs. config: DNCConfig.
+        state: DNCState to start from (None: zeros with config.N slots; any N works).
+        frozen: DNCRecord of an earlier pass to replay its free lists (and, in deepmind mode, the
+            usage's w^w_{t-1}); None sorts afresh.
+    Returns:
+        ys (T, B, Y), and the DNCCache (final state: cache.final_state; choices: cache.record).
+    """
+    xs = _check_inputs(xs, config)
+    T, B, _ = xs.shape
+    state = initial_state(config, B) if state is None else _check_state(state, config, B)
+    if frozen is not None:
+        _check_frozen(frozen, config, T, B, state.M.shape[1])
+    replay_usage = frozen is not None and not config.usage_write_grad
+    ys = np.empty((T, B, config.Y), dtype=np.result_type(xs, params["output.W"]))
+    state0, steps, states = state, [], []
+    for t in range(T):
+        phi = None if frozen is None else frozen.phi[t]
+        usage_w_w = frozen.usage_w_w[t] if replay_usage else None
+        ys[t], state, step = dnc_step_forward(xs[t], state, params, config, phi, usage_w_w)
+        steps.append(step)
+        states.append(state)
+    record = DNCRecord(np.stack([s.access.phi for s in steps]), np.stack([s.access.usage_w_w for s in steps]))
+    return ys, DNCCache(config, xs, state0, steps, states, record)
+
+
+def dnc_backward(dys: np.ndarray, cache: DNCCache, dstate: DNCState | None = None):
+    """BPTT through dnc_forward.
+
+    dys (T, B, Y) holds only each step's loss gradient w.r.t. y_t. Carried from step t+1 to t, as a
+    DNCState of gradients: dM, du, dp, dL, dw^w, dw^r (R heads), dr (through chi_{t+1}) and, per
+    controller layer, dh and ds. dstate is the gradient w.r.t. the final state (from a later chunk
+    of the sequence; None: zeros).
+    Returns (grads keyed like the params, dstate0 = gradient w.r.t. the initial state).
+    """
+    config = cache.config
+    T, B = cache.xs.shape[:2]
+    dys = as_float_array("dys", dys)
+    if dys.shape != (T, B, config.Y):
+        raise ValueError(f"dys must have the outputs' shape (T, B, Y) = {(T, B, config.Y)}; got {dys.shape}")
+    carry = DNCState(*(np.zeros_like(a) for a in cache.final_state)) if dstate is None \
+        else _check_state(dstate, config, B)
+    grads = {name: np.zeros(shape, dtype=dys.dtype) for name, shape in param_shapes(config).items()}
+    for t in reversed(range(T)):
+        carry, step_grads = dnc_step_backward(dys[t], carry, cache.steps[t], config)
+        for name, dparam in step_grads.items():
+            grads[name] += dparam                                  # weights are shared across steps
+    return grads, carry
+
+
+# ----------------------------------------------------------------- autodiff twin
+def dnc_autodiff(tparams: Mapping[str, ad.Tensor], xs: np.ndarray, config: DNCConfig,
+                 state: DNCState | None = None, frozen: DNCRecord | None = None) -> ad.Tensor:
+    """Autodiff twin of dnc_forward: the same equations with the primitives' autodiff twins.
+
+    Returns ys (T, B, Y) as a Tensor. Without `frozen`, the allocation sorts the Tensor values.
+    """
+    xs = _check_inputs(xs, config)
+    T, B, _ = xs.shape
+    state = initial_state(config, B) if state is None else _check_state(state, config, B)
+    if frozen is not None:
+        _check_frozen(frozen, config, T, B, state.M.shape[1])
+    R, W, clip = config.R, config.W, config.clip
+    state = DNCState(*(ad.Tensor(a) for a in state))
+    ys = []
+    for t in range(T):
+        chi = ad.concatenate([ad.Tensor(xs[t]), ad.reshape(state.r, (B, R * W))], axis=1)       # 1.
+        hs, cs = [], []
+        for l in range(config.layers):                                                          # 2.
+            layer_input = chi if l == 0 else ad.concatenate([chi, hs[-1]], axis=1)
+            h, c = lstm_step_autodiff(layer_input, state.h[l], state.c[l], _layer_params(tparams, l))
+            if clip is not None:
+                h, c = ad.clip(h, -clip, clip), ad.clip(c, -clip, clip)
+            hs.append(h)
+            cs.append(c)
+        h_cat = ad.concatenate(hs, axis=1)                                                      # (B, L*H)
+        v = linear_autodiff(h_cat, tparams["output.W"], tparams["output.b"])                   # 3.
+        xi = linear_autodiff(h_cat, tparams["interface.W"], tparams["interface.b"])            # 3.
+        iface = interface_autodiff(xi, R, W, config.strengths)                                  # 4.
+        phi = None if frozen is None else frozen.phi[t]
+        usage_w_w = None if frozen is None or config.usage_write_grad else frozen.usage_w_w[t]
+        memory = access_autodiff(state.memory, iface, config.usage_write_grad, config.eps_a,
+                                 phi, usage_w_w)                                                # 5.-16.
+        ys.append(v + linear_autodiff(ad.reshape(memory.r, (B, R * W)), tparams["read_out.W"]))  # 17.
+        state = DNCState(*memory, ad.stack(hs), ad.stack(cs))
+    return ad.stack(ys, axis=0)                                                                 # (T, B, Y)
+
+
+# ----------------------------------------------------------------- initialisation and model
+def dnc_init(rng: np.random.Generator, config: DNCConfig) -> dict[str, np.ndarray]:
+    """Parameters in the order of param_shapes: LSTM layers as minimem.nn.lstm.lstm_init (Xavier
+    input weights, orthogonal recurrent weights, forget bias config.forget_bias), Xavier-uniform
+    linear maps with zero biases."""
+    X, Y, R, W, H, layers, dtype = config.X, config.Y, config.R, config.W, config.H, config.layers, config.dtype
+    params: dict[str, np.ndarray] = {}
+    for l in range(layers):
+        params.update(with_prefix(f"controller.layer{l}",
+                                  lstm_init(rng, X + R * W + (H if l else 0), H, config.forget_bias, dtype)))
+    params.update(with_prefix("interface", linear_init(rng, layers * H, config.I, dtype=dtype)))
+    params.update(with_prefix("output", linear_init(rng, layers * H, Y, dtype=dtype)))
+    params.update(with_prefix("read_out", linear_init(rng, R * W, Y, bias=False, dtype=dtype)))
+    return params
+
+
+class DNC:
+    """The DNC as a model (protocol of DESIGN.md): xs (T, B, X) -> ys (T, B, Y) logits.
+
+        model = DNC(DNCConfig(X=7, Y=6), rng=np.random.default_rng(0))
+        ys, cache = model.forward(xs)                 # cache.final_state, cache.record
+        grads = model.backward(dys, cache)            # keys of model.params
+        ys_t = model.forward_autodiff(tparams, xs)    # Tensor, the independent engine
+
+    model.params is read at call time (optimisers update it in place).
+    """
+
+    def __init__(self, config: DNCConfig, rng: np.random.Generator | None = None):
+        if not isinstance(config, DNCConfig):
+            raise ValueError(f"config must be a DNCConfig; got {type(config).__name__}")
+        self.config = config
+        self.params = dnc_init(np.random.default_rng(0) if rng is None else rng, config)
+
+    def initial_state(self, B: int, N: int | None = None) -> DNCState:
+        """Zero state for B sequences; N overrides config.N (memory-size independence, spec B.9)."""
+        return initial_state(self.config, B, N)
+
+    def _check_params(self, params: Mapping) -> None:
+        check_params(params, param_shapes(self.config))
+        for name, value in params.items():
+            check_finite(f"parameter {name}", np.asarray(value.data if isinstance(value, ad.Tensor) else value))
+
+    def forward(self, xs: np.ndarray, state: DNCState | None = None,
+                frozen: DNCRecord | None = None) -> tuple[np.ndarray, DNCCache]:
+        """ys (T, B, Y) and the cache (see dnc_forward for state and frozen)."""
+        self._check_params(self.params)
+        return dnc_forward(self.params, xs, self.config, state, frozen)
+
+    def backward(self, dys: np.ndarray, cache: DNCCache) -> dict[str, np.ndarray]:
+        """Gradients of sum(dys * ys) w.r.t. every parameter (BPTT, see dnc_backward)."""
+        return self.backward_with_state(dys, cache)[0]
+
+    def backward_with_state(self, dys: np.ndarray, cache: DNCCache,
+                            dstate: DNCState | None = None) -> tuple[dict[str, np.ndarray], DNCState]:
+        """(grads, dstate0): also takes the gradient w.r.t. the final state and returns the one
+        w.r.t. the initial state, to chain BPTT across chunks of a sequence."""
+        return dnc_backward(dys, cache, dstate)
+
+    def forward_autodiff(self, tparams: Mapping[str, ad.Tensor], xs: np.ndarray, state: DNCState | None = None,
+                         frozen: DNCRecord | None = None) -> ad.Tensor:
+        """The autodiff engine: ys (T, B, Y) as a Tensor of tparams (see dnc_autodiff)."""
+        self._check_params(tparams)
+        return dnc_autodiff(tparams, xs, self.config, state, frozen)
