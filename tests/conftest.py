@@ -1,7 +1,10 @@
 """Test-suite settings. Under CI (CI=true) hypothesis runs derandomized, so a red CI is reproducible;
-locally it explores new examples on every run."""
+locally it explores new examples on every run. BLAS runs single-threaded, as minimem sets it up (see
+minimem/__init__.py): this must happen before anything imports NumPy."""
 
 import os
+
+import minimem  # noqa: F401  (first: sets the BLAS thread count before NumPy loads)
 
 from hypothesis import settings
 
