@@ -1,0 +1,278 @@
+"""The Titans memory network M (Behrouz, Zhong & Mirrokni, 2024, arXiv:2501.00663, section 3.1):
+reading it, its associative loss, the closed-form inner gradient, and the exact adjoint of that
+gradient (the second-order terms of the outer gradient). Spec: specs/titans_mnm.md A3.3, A4.2, B4.
+
+Shapes: L = L_M weight matrices W_1..W_L, W_l (..., n_{l-1}, n_l) with n_0 = n_L = d (key and
+value width) and hidden widths h in between; a linear memory is L = 1, W_1 (..., d, d).
+Vectors are rows (spec section 0): a key is k (..., d) and the memory is read as `k W`.
+Weights and vectors pair up in one of two ways, told apart by the number of axes:
+    one weight set per vector:   x (..., a) with W (..., a, b)       (W.ndim == x.ndim + 1)
+    weights shared by n rows:    x (..., n, a) with W (..., a, b)    (W.ndim == x.ndim)
+e.g. one token per state: k (B, H, d), W (B, H, d, h); a chunk of n tokens at the chunk-start
+weights: k (B, H, n, d), W (B, H, d, h); per-token weights inside a chunk: W (B, H, n, d, h).
+The leading axes must match (no broadcasting of weights over the batch).
+
+Equations (paper numbering, row-vector form):
+    (15)        a_1 = k W_1,  z_l = phi(a_l),  a_{l+1} = z_l W_{l+1},  M(k) = a_L     read (no
+                activation after the last layer; z_0 = k, z_L = a_L)
+    (12)/(A8)   l(M; k, v) = ||M(k) - v||^2          associative loss (sum over features, no 1/2)
+    (A9)/(A11)  e = M(k) - v,  delta_L = 2 e,  delta_l = (delta_{l+1} W_{l+1}^T) * phi'(a_l),
+                grad_{W_l} l = z_{l-1}^T delta_l     one outer product per token (never summed here)
+    ADJ (A4.2, the general L-layer recipe of B4 in row-major layout with c = 1): given upstream
+                G_l = dL/d(grad_{W_l} l), the gradients of <G, grad l> with respect to the weights
+                (the Hessian-vector product), the key and the value.
+Activations phi: "silu" (the minimem default), "tanh". Exact GELU (lucidrains) needs erf, which
+minimem.autodiff does not have, so it is not offered.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import numpy as np
+
+from minimem import autodiff as ad
+
+ACTIVATIONS = ("silu", "tanh")
+
+
+# ----------------------------------------------------------------- activation and its derivatives
+def _sigmoid(a: np.ndarray) -> np.ndarray:
+    """Logistic function that never overflows (exp of a non-positive number only)."""
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def check_activation(phi: str) -> str:
+    if phi not in ACTIVATIONS:
+        raise ValueError(f"memory activation phi must be one of {ACTIVATIONS}; got {phi!r}")
+    return phi
+
+
+def activation_derivatives(a: np.ndarray, phi: str):
+    """(phi(a), phi'(a), phi''(a)), spec A3.3:
+    SiLU: phi = a s, phi' = s (1 + a (1 - s)), phi'' = s (1 - s) (2 + a (1 - 2 s)), s = sigma(a);
+    tanh: phi' = 1 - tanh^2, phi'' = -2 tanh (1 - tanh^2)."""
+    if phi == "silu":
+        s = _sigmoid(a)
+        return a * s, s * (1.0 + a * (1.0 - s)), s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
+    if phi == "tanh":
+        t = np.tanh(a)
+        return t, 1.0 - t * t, -2.0 * t * (1.0 - t * t)
+    raise ValueError(f"memory activation phi must be one of {ACTIVATIONS}; got {phi!r}")
+
+
+def activation_autodiff(a, phi: str) -> ad.Tensor:
+    """Autodiff twin of phi; differentiable any number of times (create_graph)."""
+    if phi == "silu":
+        return a * ad.sigmoid(a)
+    if phi == "tanh":
+        return ad.tanh(a)
+    raise ValueError(f"memory activation phi must be one of {ACTIVATIONS}; got {phi!r}")
+
+
+# ----------------------------------------------------------------- rows times weights
+def _times(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """x W: rows (..., n, a) sharing W (..., a, b) -> (..., n, b) (one matrix product), or one
+    vector (..., a) per weight set (..., a, b) -> (..., b)."""
+    if W.ndim == x.ndim:
+        return x @ W
+    return (x[..., None, :] @ W)[..., 0, :]
+
+
+def _times_T(y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """y W^T, in the same two pairings as _times: (..., n, b) or (..., b) -> (..., n, a) or (..., a)."""
+    if W.ndim == y.ndim:
+        return y @ np.swapaxes(W, -1, -2)
+    return (W @ y[..., :, None])[..., 0]
+
+
+def _weight_grad(x: np.ndarray, y: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """x^T y shaped like W: summed over the rows when they share W, one outer product per weight set otherwise."""
+    if W.ndim == x.ndim:
+        return np.swapaxes(x, -1, -2) @ y                        # (..., a, n) @ (..., n, b)
+    return x[..., :, None] * y[..., None, :]
+
+
+def _per_row_outer(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x^T y for every row separately: (..., a), (..., b) -> (..., a, b)."""
+    return x[..., :, None] * y[..., None, :]
+
+
+def check_memory(Ws: Sequence[np.ndarray], d: int | None = None) -> tuple[int, ...]:
+    """ValueError unless Ws is a chain W_1 (., d, n_1), ..., W_L (., n_{L-1}, d); returns the widths."""
+    if not isinstance(Ws, (tuple, list)) or len(Ws) == 0:
+        raise ValueError("memory weights must be a non-empty tuple (W_1, ..., W_L) of arrays (..., n_{l-1}, n_l)")
+    widths = [np.shape(Ws[0])[-2]]
+    for l, W in enumerate(Ws, start=1):
+        shape = np.shape(W)
+        if len(shape) < 2 or shape[-2] != widths[-1]:
+            raise ValueError(f"memory weight W_{l} must have shape (..., {widths[-1]}, n_{l}); got {shape}")
+        widths.append(shape[-1])
+    if widths[-1] != widths[0] or (d is not None and widths[0] != d):
+        raise ValueError(f"the memory must map width d={d if d is not None else widths[0]} to itself; "
+                         f"layer widths are {widths}")
+    return tuple(widths)
+
+
+# ----------------------------------------------------------------- read: y = M(x), eq. (15)
+class ReadCache(NamedTuple):
+    Ws: tuple            # L weights (..., n_{l-1}, n_l)
+    zs: list             # z_0 = x, z_1 .. z_{L-1}: layer inputs (..., n_{l-1})
+    d1: list             # phi'(a_l), l = 1 .. L-1
+
+
+def mem_read_forward(Ws: Sequence[np.ndarray], x: np.ndarray, phi: str = "silu"):
+    """Read the memory, eq. (15): y = M(x), a plain forward pass of the MLP (no state change).
+
+    Args:
+        Ws: (W_1, ..., W_L), W_l (..., n_{l-1}, n_l): one set per query, or shared by rows of queries.
+        x: (..., d) queries, one per weight set, or (..., n, d) rows sharing the weights.
+        phi: hidden activation ("silu" or "tanh").
+    Returns:
+        y shaped like x, and the cache for mem_read_backward.
+    """
+    Ws = tuple(Ws)
+    zs, d1 = [x], []
+    z = x
+    for l, W in enumerate(Ws):
+        a = _times(z, W)                                         # (..., n_l)
+        if l < len(Ws) - 1:
+            z, dphi, _ = activation_derivatives(a, phi)
+            zs.append(z)
+            d1.append(dphi)
+        else:
+            z = a                                                # identity on the last layer
+    return z, ReadCache(Ws, zs, d1)
+
+
+def mem_read_backward(dy: np.ndarray, cache: ReadCache):
+    """Adjoint of mem_read_forward. Returns (dx shaped like x, (dW_1, ..., dW_L) shaped like the
+    weights: summed over the rows when they share the weights)."""
+    Ws, zs, d1 = cache
+    L = len(Ws)
+    dWs = [None] * L
+    dz = dy
+    for l in reversed(range(L)):
+        da = dz if l == L - 1 else dz * d1[l]                    # (..., n_{l+1})
+        dWs[l] = _weight_grad(zs[l], da, Ws[l])
+        dz = _times_T(da, Ws[l])                                 # (..., n_l)
+    return dz, tuple(dWs)
+
+
+def mem_read_autodiff(Ws: Sequence[ad.Tensor], x, phi: str = "silu") -> ad.Tensor:
+    """Autodiff twin of mem_read_forward: y shaped like x."""
+    z = ad.as_tensor(x)
+    for l, W in enumerate(Ws):
+        if W.ndim == z.ndim:                                     # rows sharing the weights
+            a = ad.matmul(z, W)                                  # (..., n, n_l)
+        else:                                                    # one weight set per vector
+            a = ad.matmul(ad.reshape(z, z.shape[:-1] + (1, z.shape[-1])), W)    # (..., 1, n_l)
+            a = ad.reshape(a, a.shape[:-2] + (a.shape[-1],))     # (..., n_l)
+        z = activation_autodiff(a, phi) if l < len(Ws) - 1 else a
+    return z
+
+
+# ----------------------------------------------------------------- inner gradient, eqs. (A8)-(A11)
+class InnerGradCache(NamedTuple):
+    Ws: tuple            # L weights (..., n_{l-1}, n_l) at which the gradient is taken
+    v: np.ndarray        # (..., d) values
+    zs: list             # z_0 = k, z_1 .. z_L (z_L = M(k))
+    d1: list             # phi'(a_l), l = 1 .. L-1
+    d2: list             # phi''(a_l), l = 1 .. L-1
+    deltas: list         # delta_1 .. delta_L (..., n_l)
+    ps: list             # p_l = delta_{l+1} W_{l+1}^T, l = 1 .. L-1 (the dz of eq. (A11))
+    e: np.ndarray        # (..., d) residual M(k) - v
+
+
+def mem_inner_grad_forward(Ws: Sequence[np.ndarray], k: np.ndarray, v: np.ndarray, phi: str = "silu"):
+    """Momentary surprise, eqs. (A8)-(A11): u_l = grad_{W_l} ||M(k) - v||^2, one per token.
+
+    Args:
+        Ws: (W_1, ..., W_L), W_l (..., n_{l-1}, n_l), the weights every token's gradient is taken at.
+        k: keys (..., d), one token per weight set, or (..., n, d), n tokens sharing the weights;
+            v: values, the same shape.
+        phi: hidden activation.
+    Returns:
+        (u_1, ..., u_L), u_l (..., n_{l-1}, n_l) or (..., n, n_{l-1}, n_l): one gradient per token,
+        never summed (the chunked form needs them one by one, A3.3); the loss per token; the cache.
+    """
+    Ws = tuple(Ws)
+    L = len(Ws)
+    zs, d1, d2 = [k], [], []
+    z = k
+    for l, W in enumerate(Ws):
+        a = _times(z, W)                                         # (..., n_l)
+        if l < L - 1:
+            z, p1, p2 = activation_derivatives(a, phi)
+            d1.append(p1)
+            d2.append(p2)
+        else:
+            z = a
+        zs.append(z)
+    e = zs[L] - v                                                # (..., d)
+    deltas = [None] * L
+    ps = [None] * (L - 1)
+    deltas[L - 1] = 2.0 * e                                      # (A9): grad of ||e||^2 w.r.t. the output
+    for l in reversed(range(L - 1)):
+        ps[l] = _times_T(deltas[l + 1], Ws[l + 1])               # (..., n_l)  dz of (A11)
+        deltas[l] = ps[l] * d1[l]                                # da of (A11)
+    us = tuple(_per_row_outer(zs[l], deltas[l]) for l in range(L))    # z_{l-1}^T delta_l per token
+    loss = np.sum(e * e, axis=-1)
+    return us, loss, InnerGradCache(Ws, v, zs, d1, d2, deltas, ps, e)
+
+
+def mem_inner_grad_adjoint(dus: Sequence[np.ndarray], cache: InnerGradCache):
+    """Exact adjoint of mem_inner_grad_forward (spec A4.2 ADJ; B4 general recipe, row-major).
+
+    Args:
+        dus: (G_1, ..., G_L), G_l shaped like u_l: the outer loss's gradient w.r.t. each token's u_l.
+        cache: from mem_inner_grad_forward.
+    Returns:
+        (dW_1, ..., dW_L) shaped like the weights (summed over the tokens sharing them: the
+        Hessian-vector products), dk and dv shaped like k and v (the mixed second derivatives).
+    """
+    Ws, v, zs, d1, d2, deltas, ps, e = cache
+    L = len(Ws)
+    dWs = [np.zeros(W.shape, dtype=e.dtype) for W in Ws]
+    dzs = [0.0] * (L + 1)
+    das = [0.0] * (L + 1)                   # das[l] collects d_a for layer l (1-indexed)
+    ddeltas = [0.0] * (L + 1)
+    dv = None
+    for l in range(1, L + 1):              # increasing: delta_l depends on delta_{l+1}
+        G = dus[l - 1]
+        ddeltas[l] = ddeltas[l] + (zs[l - 1][..., None, :] @ G)[..., 0, :]    # u_l = z_{l-1}^T delta_l
+        dzs[l - 1] = dzs[l - 1] + (G @ deltas[l - 1][..., :, None])[..., 0]
+        if l < L:                           # delta_l = p_l * phi'(a_l), p_l = delta_{l+1} W_{l+1}^T
+            dp = ddeltas[l] * d1[l - 1]
+            das[l] = das[l] + ddeltas[l] * ps[l - 1] * d2[l - 1]
+            ddeltas[l + 1] = ddeltas[l + 1] + _times(dp, Ws[l])
+            dWs[l] += _weight_grad(dp, deltas[l], Ws[l])
+        else:                               # delta_L = 2 (z_L - v)
+            dzs[L] = dzs[L] + 2.0 * ddeltas[L]
+            dv = -2.0 * ddeltas[L]
+    for l in range(L, 0, -1):              # back through the forward pass a_l = z_{l-1} W_l
+        da = dzs[l] + das[l] if l == L else dzs[l] * d1[l - 1] + das[l]
+        dWs[l - 1] += _weight_grad(zs[l - 1], da, Ws[l - 1])
+        dzs[l - 1] = dzs[l - 1] + _times_T(da, Ws[l - 1])
+    return tuple(dWs), dzs[0], dv
+
+
+def mem_inner_grad_autodiff(Ws: Sequence[ad.Tensor], k, v, phi: str = "silu") -> tuple:
+    """Autodiff twin of mem_inner_grad_forward: the per-token gradients (u_1, ..., u_L) as Tensors,
+    computed by minimem.autodiff itself with create_graph=True, so an outer backward differentiates
+    through them (second order). Every token gets its own broadcast copy of the weights, so the
+    gradient with respect to that copy is the token's own u_l."""
+    k, v = ad.as_tensor(k), ad.as_tensor(v)
+    copies = []
+    for W in Ws:
+        W = ad.as_tensor(W)
+        if W.ndim == k.ndim:                # n rows share W: one copy per row
+            W = ad.reshape(W, W.shape[:-2] + (1,) + W.shape[-2:])
+        copy = ad.broadcast_to(W, k.shape[:-1] + W.shape[-2:])
+        if not copy.requires_grad:          # the values of u are needed even when W is a constant
+            copy = ad.Tensor(copy.data, requires_grad=True)
+        copies.append(copy)
+    residual = mem_read_autodiff(copies, k, phi) - v             # (..., d)
+    loss = ad.sum(residual * residual)                           # (A8), summed over the tokens
+    return ad.grad(loss, copies, create_graph=True)
