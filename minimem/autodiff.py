@@ -162,8 +162,9 @@ def _pair(a, b) -> tuple[Tensor, Tensor]:
 
 
 # ----------------------------------------------------------------- backward
-def _topological_order(roots: Sequence[Tensor]) -> list[Tensor]:
-    """Nodes that need gradients, parents before children, by an iterative depth-first search."""
+def _topological_order(roots: Sequence[Tensor], boundary: frozenset = frozenset()) -> list[Tensor]:
+    """Nodes that need gradients, parents before children, by an iterative depth-first search.
+    The search does not go past a node whose id is in `boundary`."""
     order, seen = [], set()
     stack = [(root, False) for root in roots if root.requires_grad]
     while stack:
@@ -178,14 +179,17 @@ def _topological_order(roots: Sequence[Tensor]) -> list[Tensor]:
             raise RuntimeError(f"the graph through op '{node.op}' was freed by an earlier backward(); "
                                "pass retain_graph=True to the first call to backward twice")
         stack.append((node, True))
-        stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
+        if id(node) not in boundary:
+            stack.extend((p, False) for p in node._parents if p.requires_grad and id(p) not in seen)
     return order
 
 
-def _backprop(roots, root_grads, create_graph, retain_graph, targets):
-    """Reverse sweep. Returns [(leaf, grad)] for every leaf, or the grads of `targets` if given."""
+def _backprop(roots, root_grads, create_graph, retain_graph, targets, stop_at_targets=False):
+    """Reverse sweep. Returns [(leaf, grad)] for every leaf, or the grads of `targets` if given;
+    with stop_at_targets the sweep treats the targets as its boundary and goes no further."""
     retain_graph = create_graph if retain_graph is None else retain_graph
-    order = _topological_order(roots)
+    boundary = frozenset(id(t) for t in targets) if stop_at_targets else frozenset()
+    order = _topological_order(roots, boundary)
     grads: dict[int, Tensor] = {}
     for root, g in zip(roots, root_grads):
         if not root.requires_grad:
@@ -208,6 +212,8 @@ def _backprop(roots, root_grads, create_graph, retain_graph, targets):
                 continue
             if wanted is not None and id(node) in wanted:
                 found[wanted[id(node)]] = g
+                if stop_at_targets:
+                    continue
             if not node._parents:
                 if wanted is None:
                     found.append((node, g))
@@ -230,7 +236,8 @@ def _backprop(roots, root_grads, create_graph, retain_graph, targets):
     return found
 
 
-def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False, retain_graph: bool | None = None):
+def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False, retain_graph: bool | None = None,
+         stop_at_inputs: bool = False):
     """Gradients of outputs w.r.t. inputs, returned (not accumulated into .grad).
 
     Args:
@@ -238,16 +245,21 @@ def grad(outputs, inputs, grad_outputs=None, create_graph: bool = False, retain_
         inputs: a Tensor or a list of Tensors (leaves or intermediate values).
         grad_outputs: upstream gradients, one per output (None means 1 for a scalar output).
         create_graph: record the backward pass so the result can be differentiated again.
+        stop_at_inputs: treat the inputs as independent variables: the sweep stops at them, so
+            paths that pass through one input on the way to another are not followed (partial
+            derivatives), and the graph upstream of the inputs is never visited. This is what an
+            inner gradient step needs (Titans, MNM: d loss_t / d M_{t-1} without walking the whole
+            history, so T steps cost O(T), not O(T^2)).
     Returns:
         A tuple with one gradient per input: Tensors if create_graph, else ndarrays; zeros for an
         input the outputs do not depend on.
     """
     outputs = [outputs] if isinstance(outputs, Tensor) else list(outputs)
-    single = isinstance(inputs, Tensor)
-    inputs = [inputs] if single else list(inputs)
+    inputs = [inputs] if isinstance(inputs, Tensor) else list(inputs)
     grad_outputs = [None] * len(outputs) if grad_outputs is None else (
         [grad_outputs] if not isinstance(grad_outputs, (list, tuple)) else list(grad_outputs))
-    found = _backprop(outputs, grad_outputs, create_graph, retain_graph, targets=inputs)
+    found = _backprop(outputs, grad_outputs, create_graph, retain_graph, targets=inputs,
+                      stop_at_targets=stop_at_inputs)
     result = []
     for x, g in zip(inputs, found):
         g = Tensor(np.zeros_like(x.data)) if g is None else g
