@@ -1,0 +1,371 @@
+"""Sparse Access Memory, the sparse memory step (Rae et al. 2016, arXiv:1610.09027, section 3 and
+Supplementary A; spec specs/ntm_dnc_sam.md C.3 steps 3-8, C.4 and C.5): the least-recently-accessed
+slot, the sparse write made in place with a record of the rows it touched, the top-K read through a
+batch-stacked CSR weighting, the usage bookkeeping, and their hand-derived adjoints.
+
+Shapes: B batch, N slots, W word size, R read heads, K slots read per head (K <= N), Kp the K of
+the previous read weightings (0 for the empty weightings of a sequence start), J = |supp(wW_t)| the
+rows one write touches (<= R Kp + 1 per batch element).
+
+One step, spec C.3 (paper eq. numbers in brackets):
+    3. [6]      l_t = argmin_j last_{t-1}(j), ties to the lowest index          LRA slot
+    4.          wbar_{t-1} = (1/R) sum_i wR^i_{t-1}                              mean previous read
+    5. [5]/[9]  wW_t = alpha_t (gamma_t wbar_{t-1} + (1 - gamma_t) I^U_t)        write weights
+    6. [3]/[8]  M_t = M_{t-1} - M_{t-1} o (I^U_t 1^T) + wW_t a_t^T                LRA row erased, then add
+    7. [4]/[7]  S^i_t = top-K_j D(q^i, M_t(j)),  wR^i_t = softmax over S^i_t of beta^i D,
+                r^i_t = sum_{s in S^i_t} wR^i_t(s) M_t(s)                        sparse read, NEW memory
+    8. [U(2)]   last_t(j) = t wherever wW_t(j) + sum_i wR^i_t(j) > delta         usage
+
+Data layout (C.5). Memory M (B, N, W) is ONE C-contiguous buffer, modified in place; M2 is its
+(B N, W) view, row b N + j is slot j of element b. Read weights are a CSR matrix Wr of shape
+(B R, B N): row b R + i (batch-major, head-minor) holds exactly K entries, columns b N + S^i_t
+ascending, data the K weights (row sums 1); Wr.toarray() is block diagonal. Write weights are a
+canonical CSR matrix Ww of shape (B, B N), at most R Kp + 1 entries per row: a slot chosen by
+several heads and by the LRA rule appears once with the weights summed, and the LRA entry stays
+stored even when its weight is 0 (its row is erased whatever alpha_t is). Indices are int64.
+
+Not differentiated (spec C.4): the index sets S^i_t, the LRA slot l_t, the usage bookkeeping. The
+forward functions take recorded choices (index=, lra=) so finite differences can replay them.
+
+Memory-revert BPTT (C.4). The forward keeps per step only a record of what it touched: the old
+rows M_{t-1}[J_t], Ww, a_t, the gates, l_t, S^i_t and wR^i_t - O(R K W) numbers, never O(N W).
+The backward walks t = T..1 with the same buffer (holding M_t) and ONE gradient buffer dM: read
+adjoint (sparse_read_backward, which re-gathers the K rows it needs from the buffer), revert
+(sparse_write_revert: M[J_t] = saved rows, never a subtraction, so the buffer returns to M_0 bit
+for bit), write adjoint (sparse_write_backward). The buffers are arguments that these functions
+modify in place; everything else follows the forward/backward pair convention.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+
+from minimem.memory.addressing import content_backward, content_forward, cosine_similarity_forward
+
+INDEX_DTYPE = np.int64        # B N exceeds 2^31 at the paper's sizes (C.5)
+
+
+# ----------------------------------------------------------------- validation
+def check_K(K, N: int) -> int:
+    """K as an int, or ValueError unless 1 <= K <= N (spec C.11)."""
+    if isinstance(K, (bool, np.bool_)) or not isinstance(K, (int, np.integer)):
+        raise ValueError(f"K (slots read per head) must be an integer; got {K!r}")
+    if not 1 <= K <= N:
+        raise ValueError(f"K (slots read per head) must satisfy 1 <= K <= N = {N}; got K = {K}")
+    return int(K)
+
+
+def _as_rows(M: np.ndarray, name: str = "M") -> np.ndarray:
+    """The (B N, W) view of a buffer (B, N, W); ValueError if reshaping would copy (then an in-place
+    update would silently miss the caller's buffer)."""
+    if M.ndim != 3:
+        raise ValueError(f"{name} must have shape (B, N, W); got {M.shape}")
+    if not (M.flags.c_contiguous and M.flags.writeable):
+        raise ValueError(f"{name} must be a writeable C-contiguous buffer (it is updated in place)")
+    return M.reshape(M.shape[0] * M.shape[1], M.shape[2])
+
+
+def check_index_sets(index: np.ndarray, B: int, R: int, N: int, name: str = "index") -> np.ndarray:
+    """index (B, R, K) int with every row strictly ascending in [0, N); returns it as int64."""
+    index = np.asarray(index)
+    if index.ndim != 3 or index.shape[:2] != (B, R) or index.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be an integer array of shape (B, R, K) with (B, R) = {(B, R)}; "
+                         f"got {index.dtype} {index.shape}")
+    if index.size and (index.min() < 0 or index.max() >= N):
+        raise ValueError(f"{name} must hold slots in [0, N) with N = {N}; got [{index.min()}, {index.max()}]")
+    if index.shape[2] > 1 and np.any(np.diff(index, axis=-1) <= 0):
+        raise ValueError(f"{name} must be sorted ascending and unique within each head's K slots")
+    return index.astype(INDEX_DTYPE, copy=False)
+
+
+def _csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple) -> sp.csr_matrix:
+    """A csr_matrix that keeps int64 index arrays (scipy downcasts to int32 whenever it can)."""
+    matrix = sp.csr_matrix((data, indices, indptr), shape=shape)
+    matrix.indices = np.asarray(indices, dtype=INDEX_DTYPE)
+    matrix.indptr = np.asarray(indptr, dtype=INDEX_DTYPE)
+    return matrix
+
+
+# ----------------------------------------------------------------- choices: LRA slot and top-K
+def lra_slots(usage: np.ndarray) -> np.ndarray:
+    """Step 3, eq. [6]: l_t = argmin_j usage(j) per batch element, ties to the lowest index.
+
+    usage is last_{t-1} (B, N) int (SAM's U^(2): argmin of t - last = argmin of last) or the
+    discounted usage U^(1)_{t-1} (B, N) float (DAM). np.argmin returns the first minimum.
+    """
+    return np.argmin(usage, axis=-1).astype(INDEX_DTYPE)                 # (B,)
+
+
+def top_k_slots(scores: np.ndarray, K: int) -> np.ndarray:
+    """Step 7: the K largest scores of every row, ties to the lowest index, returned ascending.
+
+    Exact top-K (the default and the test oracle): np.argpartition finds the K-th largest value v;
+    every score > v is kept, and of the scores == v the lowest-indexed ones fill the K places
+    (argpartition alone does not promise which tied index it keeps).
+
+    Args:
+        scores: (..., N) similarities.
+    Returns:
+        (..., K) int64 slot indices, strictly ascending along the last axis.
+    """
+    N = scores.shape[-1]
+    K = check_K(K, N)
+    if K == N:
+        return np.broadcast_to(np.arange(N, dtype=INDEX_DTYPE), scores.shape).copy()
+    part = np.argpartition(-scores, K - 1, axis=-1)[..., :K]
+    kth = np.min(np.take_along_axis(scores, part, axis=-1), axis=-1, keepdims=True)  # K-th largest
+    above, tied = scores > kth, scores == kth
+    need = K - np.sum(above, axis=-1, keepdims=True)                    # tied places to fill
+    chosen = above | (tied & (np.cumsum(tied, axis=-1) <= need))         # (..., N), K per row
+    return np.nonzero(chosen)[-1].reshape(scores.shape[:-1] + (K,)).astype(INDEX_DTYPE)
+
+
+# ----------------------------------------------------------------- CSR weightings (C.5)
+def read_weights_csr(index: np.ndarray, weights: np.ndarray, N: int) -> sp.csr_matrix:
+    """Batch-stacked read weightings: CSR (B R, B N), row b R + i holds the K entries of head i of
+    element b at columns b N + index[b, i] (ascending), exactly K per row.
+
+    Args:
+        index: (B, R, K) int, ascending per row. weights: (B, R, K).
+    """
+    if np.ndim(index) != 3 or np.shape(weights) != np.shape(index):
+        raise ValueError(f"index and weights must have the same shape (B, R, K); got {np.shape(index)} "
+                         f"and {np.shape(weights)}")
+    B, R, K = index.shape
+    columns = (index + N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None]).reshape(-1)
+    indptr = K * np.arange(B * R + 1, dtype=INDEX_DTYPE)
+    return _csr(weights.reshape(-1), columns, indptr, (B * R, B * N))
+
+
+def read_weights_dense(Wr: sp.csr_matrix, B: int, R: int, N: int) -> np.ndarray:
+    """The (B, R, N) dense weightings of a batch-stacked CSR: the diagonal blocks of Wr.toarray().
+    O(B R N): for tests and plots, never in the sparse path."""
+    rows = np.repeat(np.arange(B * R), np.diff(Wr.indptr))
+    dense = np.zeros((B, R, N), dtype=Wr.dtype)
+    b, i = np.divmod(rows, R)
+    np.add.at(dense, (b, i, Wr.indices - N * b), Wr.data)
+    return dense
+
+
+def write_weights_csr(prev_index: np.ndarray, prev_weight: np.ndarray, lra: np.ndarray, alpha: np.ndarray,
+                      gamma: np.ndarray, N: int) -> tuple[sp.csr_matrix, np.ndarray]:
+    """Steps 4-5, eqs. [5]/[9]: wW_t = alpha (gamma wbar_{t-1} + (1 - gamma) I^U_t) as a canonical CSR.
+
+    The R Kp read entries (value alpha gamma wR/R at column b N + s) and the B LRA entries (value
+    alpha (1 - gamma) at b N + l) are COO triplets; np.unique sorts their columns (b-major, so the
+    order of a canonical CSR of shape (B, B N)) and its inverse map sums duplicates - the same
+    result as coo.tocsr() + sum_duplicates(), plus the triplet -> entry map the backward needs.
+    Zero weights are kept (never eliminate_zeros: the LRA row is erased whatever its weight).
+
+    Args:
+        prev_index: (B, R, Kp) int and prev_weight: (B, R, Kp), the previous read weightings.
+        lra: (B,) int LRA slots. alpha, gamma: (B, 1) gates.
+    Returns:
+        Ww (B, B N) CSR, and write_map (B R Kp + B,) int: triplet k is stored at Ww.data[write_map[k]]
+        (read triplets in prev_weight's C order, then the B LRA triplets).
+    """
+    B, R, Kp = prev_index.shape
+    offsets = N * np.arange(B, dtype=INDEX_DTYPE)
+    columns = np.concatenate([(prev_index + offsets[:, None, None]).reshape(-1), offsets + lra])
+    values = np.concatenate([((alpha * gamma / R)[:, :, None] * prev_weight).reshape(-1),
+                             (alpha * (1.0 - gamma))[:, 0]])
+    J, write_map = np.unique(columns, return_inverse=True)               # J_t, sorted, unique
+    data = np.bincount(write_map, weights=values, minlength=J.size).astype(values.dtype, copy=False)
+    indptr = np.searchsorted(J, N * np.arange(B + 1, dtype=INDEX_DTYPE))
+    Ww = _csr(data, J, indptr, (B, B * N))
+    Ww.sum_duplicates()                                                  # a no-op that sets the flag
+    return Ww, write_map.astype(INDEX_DTYPE)
+
+
+# ----------------------------------------------------------------- sparse write, steps 3-6
+class WriteRecord(NamedTuple):
+    """What one write touched: everything its adjoint and the revert need, O(R Kp W) numbers."""
+    lra: np.ndarray          # (B,) int, l_t
+    Ww: sp.csr_matrix        # (B, B N) write weights, canonical; Ww.indices = J_t (global rows)
+    write_map: np.ndarray    # (B R Kp + B,) int, triplet -> Ww entry
+    prev_weight: np.ndarray  # (B, R, Kp) the previous read weights used in wbar
+    saved: np.ndarray        # (nnz(Ww), W) the old rows M_{t-1}[J_t], for the exact revert
+    a: np.ndarray            # (B, W) write word
+    alpha: np.ndarray        # (B, 1) write gate
+    gamma: np.ndarray        # (B, 1) interpolation gate
+
+
+def _write_rows(record: WriteRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows J_t, batch element of every row, the erased rows b N + l_t) as global row numbers."""
+    Ww, B = record.Ww, record.lra.shape[0]
+    N = Ww.shape[1] // B
+    rowid = np.repeat(np.arange(B), np.diff(Ww.indptr))
+    return Ww.indices, rowid, N * np.arange(B, dtype=INDEX_DTYPE) + record.lra
+
+
+def _apply_write(M2: np.ndarray, record: WriteRecord) -> None:
+    rows, rowid, erased = _write_rows(record)
+    M2[erased] = 0.0                                                     # E_t: the LRA row, unconditionally
+    M2[rows] += record.Ww.data[:, None] * record.a[rowid]                # A_t = wW a^T, rows unique
+
+
+def sparse_write_forward(M: np.ndarray, prev_index: np.ndarray, prev_weight: np.ndarray, lra: np.ndarray,
+                         a: np.ndarray, alpha: np.ndarray, gamma: np.ndarray) -> WriteRecord:
+    """Steps 4-6 in place: build wW_t, save the rows J_t it touches, erase the LRA row, add wW a^T.
+
+        M_t(j) = M_{t-1}(j) - [j = l_t] M_{t-1}(j) + wW_t(j) a_t
+
+    Args:
+        M: (B, N, W) memory buffer holding M_{t-1}; on return it holds M_t.
+        prev_index: (B, R, Kp) int, prev_weight: (B, R, Kp): the previous read weightings wR_{t-1}.
+        lra: (B,) int LRA slots l_t (lra_slots, or a recorded choice).
+        a: (B, W) write word; alpha, gamma: (B, 1) gates.
+    Returns:
+        the WriteRecord (the sparse write weights are record.Ww).
+    """
+    M2 = _as_rows(M)
+    Ww, write_map = write_weights_csr(prev_index, prev_weight, lra, alpha, gamma, M.shape[1])
+    record = WriteRecord(lra, Ww, write_map, prev_weight, M2[Ww.indices], a, alpha, gamma)  # saved: a copy
+    _apply_write(M2, record)
+    return record
+
+
+def sparse_write_revert(M: np.ndarray, record: WriteRecord) -> None:
+    """Undo one write in place: M[J_t] = the saved rows, so the buffer holds M_{t-1} bit for bit.
+    (Subtracting wW a^T and restoring the erased row is the paper's description; it is not exact
+    in floating point.) Reverts must run in reverse time order."""
+    _as_rows(M)[record.Ww.indices] = record.saved
+
+
+def sparse_write_replay(M: np.ndarray, record: WriteRecord) -> None:
+    """Redo one write in place (the same operations on the same values: bit-exact M_t again). Used
+    to bring a reverted buffer back to M_T, e.g. for a second backward over the same cache."""
+    _apply_write(_as_rows(M), record)
+
+
+def sparse_write_backward(dM: np.ndarray, record: WriteRecord):
+    """Adjoint of steps 4-6 (spec C.4, "Write" and "Gates"), updating the gradient buffer in place.
+
+        dwW(j) = dM_t(j) . a_t  (j in J_t)          da_t = sum_j wW(j) dM_t(j) = Ww @ dM2
+        dM_{t-1}(l_t) = 0, every other row unchanged (read dM_t(l_t) for dwW first)
+        dalpha = sum_j dwW(j) (gamma wbar(j) + (1 - gamma) I^U(j))
+        dgamma = alpha sum_j dwW(j) (wbar(j) - I^U(j))
+        dwR^i_{t-1}(s) = alpha gamma dwW(s) / R  for s in S^i_{t-1}     (carried back in time)
+
+    Args:
+        dM: (B, N, W) buffer holding dL/dM_t; on return it holds dL/dM_{t-1} (the part through this
+            write; the read at t-1 adds its own rows next).
+    Returns:
+        (da (B, W), dalpha (B, 1), dgamma (B, 1), dprev_weight (B, R, Kp)).
+    """
+    dM2 = _as_rows(dM, "dM")
+    rows, rowid, erased = _write_rows(record)
+    alpha, gamma, prev_weight = record.alpha, record.gamma, record.prev_weight
+    B, R, Kp = prev_weight.shape
+    dwW = np.einsum("jw,jw->j", dM2[rows], record.a[rowid])             # (nnz,) on the pattern of Ww
+    da = np.asarray(record.Ww @ dM2)                                     # (B, W)
+    dM2[erased] = 0.0                                                    # the erased row forgot M_{t-1}
+    per_triplet = dwW[record.write_map]                                  # duplicates share their entry
+    d_read = per_triplet[:B * R * Kp].reshape(B, R, Kp)                  # dwW at each previous read entry
+    d_lra = per_triplet[B * R * Kp:, None]                               # (B, 1) dwW(l_t)
+    g_read = np.sum(d_read * prev_weight, axis=(1, 2))[:, None] / R      # (B, 1) <dwW, wbar>
+    dalpha = gamma * g_read + (1.0 - gamma) * d_lra
+    dgamma = alpha * (g_read - d_lra)
+    dprev_weight = (alpha * gamma / R)[:, :, None] * d_read              # (B, R, Kp)
+    return da, dalpha, dgamma, dprev_weight
+
+
+# ----------------------------------------------------------------- sparse read, step 7
+class ReadRecord(NamedTuple):
+    index: np.ndarray        # (B, R, K) int, S^i_t ascending
+    Wr: sp.csr_matrix        # (B R, B N) read weights, K entries per row
+    q: np.ndarray            # (B, R, W) queries
+    beta: np.ndarray         # (B, R, 1) strengths
+
+
+def sparse_read_forward(M: np.ndarray, q: np.ndarray, beta: np.ndarray, K: int,
+                        index: np.ndarray | None = None, candidates=None) -> tuple[np.ndarray, ReadRecord]:
+    """Step 7, eqs. [4]/[7]: top-K content read on the memory M_t.
+
+        S^i = top-K_j D(q^i, M(j)),   wR^i(s) = softmax_{s in S^i}(beta^i D(q^i, M(s))),
+        r^i = sum_{s in S^i} wR^i(s) M(s) = (Wr @ M2)[b R + i]
+
+    The restricted softmax equals "keep the K largest entries of the dense softmax and renormalise"
+    (C.12.4). Scoring all N rows (exact top-K) costs O(N W) per query, the paper's "SAM linear".
+
+    Args:
+        M: (B, N, W) memory M_t (not modified). q: (B, R, W) queries. beta: (B, R, 1) strengths.
+        K: slots per head, 1 <= K <= N.
+        index: (B, R, K) recorded sets to replay (None: exact top-K, ties to the lowest index).
+        candidates: None, or a callable (q) -> (B, R, K) int index sets (an approximate index).
+    Returns:
+        r (B, R, W), and the ReadRecord.
+    """
+    B, N, W = M.shape
+    K = check_K(K, N)
+    if index is None:
+        if candidates is not None:
+            index = candidates(q)
+        else:
+            index = top_k_slots(cosine_similarity_forward(M, q)[0], K)  # (B, R, K)
+    index = check_index_sets(index, B, q.shape[1], N)
+    if index.shape[2] != K:
+        raise ValueError(f"index must hold K = {K} slots per head; got {index.shape}")
+    M2 = M.reshape(B * N, W)
+    rows = index + N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None]    # (B, R, K) global rows
+    w, _ = content_forward(M2[rows], q, beta)                           # (B, R, K) on the K rows
+    Wr = read_weights_csr(index, w, N)
+    r = np.asarray(Wr @ M2).reshape(B, q.shape[1], W)                    # (B, R, W)
+    return r, ReadRecord(index, Wr, q, beta)
+
+
+def sparse_read_backward(dr: np.ndarray, dweight: np.ndarray, M: np.ndarray, dM: np.ndarray,
+                         record: ReadRecord) -> tuple[np.ndarray, np.ndarray]:
+    """Adjoint of step 7 (paper Supplementary A.2), O(R K W), adding into the gradient buffer.
+
+        dwR^i(s) = M_t(s) . dr^i (+ dweight, the gradient carried from the write at t+1)
+        dM_t(s) += wR^i(s) dr^i, then the restricted softmax and cosine adjoints on the K rows.
+
+    The K rows are gathered again from the buffer (which holds exactly M_t at this point of the
+    backward), so the forward keeps no copy of them. Two heads of one element may share a slot:
+    the rows are added with np.add.at, which sums duplicates (plain fancy `+=` would drop them).
+
+    Args:
+        dr: (B, R, W) gradient w.r.t. the read words. dweight: (B, R, K) gradient w.r.t. wR_t from
+            later steps. M: (B, N, W) buffer holding M_t. dM: (B, N, W) gradient buffer, updated.
+    Returns:
+        (dq (B, R, W), dbeta (B, R, 1)).
+    """
+    B, N, W = M.shape
+    R, K = record.index.shape[1:]
+    rows = record.Wr.indices                                             # (B R K,) global rows
+    M_sel = _as_rows(M)[rows].reshape(B, R, K, W)                        # (B, R, K, W)
+    dw = np.einsum("brkw,brw->brk", M_sel, dr) + dweight                 # (B, R, K) = dWr.data
+    _, content_cache = content_forward(M_sel, record.q, record.beta)    # recomputed from the buffer
+    dM_sel, dq, dbeta = content_backward(dw, content_cache)             # (B, R, K, W), ...
+    w = record.Wr.data.reshape(B, R, K)
+    np.add.at(_as_rows(dM, "dM"), rows, (w[..., None] * dr[:, :, None, :] + dM_sel).reshape(-1, W))
+    return dq, dbeta
+
+
+# ----------------------------------------------------------------- usage, step 8
+def usage_update(last: np.ndarray, usage: np.ndarray | None, Ww: sp.csr_matrix, Wr: sp.csr_matrix, t: int,
+                 delta: float, discount: float | None = None) -> None:
+    """Step 8 in place, O(R K) for U^(2): last(j) = t for every slot with wW(j) + sum_i wR^i(j) > delta.
+
+    With `discount` (DAM's U^(1), C.3): also usage = discount * usage + wW + sum_i wR^i (O(N) for
+    the decay). Neither is differentiated.
+
+    Args:
+        last: (B, N) int buffer of last-access times. usage: (B, N) float buffer or None.
+        Ww: (B, B N), Wr: (B R, B N) this step's write and read weights. t: the step's time (>= 1).
+    """
+    for name, buffer in (("last", last), ("usage", usage)):
+        if buffer is not None and not (buffer.flags.c_contiguous and buffer.flags.writeable):
+            raise ValueError(f"{name} must be a writeable C-contiguous (B, N) buffer (it is updated in place)")
+    columns = np.concatenate([Ww.indices, Wr.indices])                  # global slots b N + j
+    values = np.concatenate([Ww.data, Wr.data])
+    J, where = np.unique(columns, return_inverse=True)
+    access = np.bincount(where, weights=values, minlength=J.size)       # wW + sum_i wR^i on the union
+    last.reshape(-1)[J[access > delta]] = t
+    if discount is not None:
+        usage *= discount
+        usage.reshape(-1)[J] += access.astype(usage.dtype, copy=False)
