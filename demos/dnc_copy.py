@@ -3,20 +3,34 @@ calibration of spec E.4: N 16, W 8, R 2, LSTM 64, oneplus strengths, usage floor
 with one length per batch, Adam 3e-3 halved after the first solve, global-norm clip 10; evaluation
 = bit errors per sequence on 4 fresh batches of 32 every 100 steps (chance is about 13.5).
 
-    python demos/dnc_copy.py          # 2-3.5 min on 2 busy cores (measured 119 s, 183 s, 208 s);
-                                      # final eval 0 bit errors per sequence (measured, seed 0)
+    python demos/dnc_copy.py          # 2-5 min on 2 busy cores (measured 119 s, 183 s, 208 s, and
+                                      # 282 s at load average ~8); final eval 0 bit errors per
+                                      # sequence (measured, seed 0)
     python demos/dnc_copy.py --quick  # 2.5-6 s (measured); the tests run this and check that the
                                       # loss fell (measured 8.7 -> 4.7 nats per sequence)
 
-Measured with seed 0 (the three runs above gave identical numbers): eval bit errors 5-12 up to
+Measured with seed 0 (the four runs above gave identical numbers): eval bit errors 5-12 up to
 step 700, 0.66 at 800, 0 at 900 (the first solve; the rate halves to 1.5e-3), 0 at 1,000 and
 1,100, 0.12 at 1,200, then 0 at 14 of the 18 evaluations from 1,300 to 3,000 (the others 0.03 to
 0.23) and 0 at 3,000; training loss 16.5 -> 0.0049 nats per sequence (mean of the first and last
 300 steps). Spec E.4's reference run reached ~4 errors at 1,000 steps, 0.12 at 1,100 and 0.05 at
 1,200, so this run solves the task about 200-300 steps earlier, with the same late blips.
 
-Writes dnc_copy_loss.png (training loss and evaluation bit errors) and dnc_copy_memory.png (one
-sequence: its bits, the write weighting, both read weightings and the usage over time) to --out.
+Generalisation (measured, seed 0, after the 3,000 steps): bit errors per sequence for every
+length 1..16 (16 = N, the longest whose vectors each get their own slot; --gen-max-len goes
+further), 64 fresh sequences per length, and the fraction of them copied without a wrong bit:
+
+    length                    1-8 each   9      10     11     12     13     14     15     16
+    bit errors per sequence   0          0      1.98   4.97   12.2   18.4   24.0   35.0   44.0
+    perfect copies            1.00       1.00   0.92   0.84   0.62   0.42   0.31   0.06   0.00
+
+Chance is half the target bits, 3 per vector (48 at length 16). So the learned copy extends one
+length beyond training and then degrades steadily, to near chance at 16; it does not generalise
+far as the NTM paper's copy does (trained on 1-20, good to ~120), and the cause was not diagnosed.
+
+Writes dnc_copy_loss.png (training loss and evaluation bit errors), dnc_copy_memory.png (one
+sequence: its bits, the write weighting, both read weightings and the usage over time) and
+dnc_copy_generalisation.png (bit errors and the fraction of perfect copies against length) to --out.
 """
 
 from __future__ import annotations
@@ -56,9 +70,11 @@ class Config:
     eval_batches: int = 4        # fresh batches of eval_batch sequences per evaluation
     eval_batch: int = 32
     log_every: int = 100         # steps between progress lines
+    gen_max_len: int = 16        # after training: bit errors at lengths 1..gen_max_len (16 = N: a slot per vector)
+    gen_sequences: int = 64      # fresh sequences per length in that evaluation
 
 
-QUICK = dict(steps=150, max_len=3, H=32, eval_every=50, log_every=50)
+QUICK = dict(steps=150, max_len=3, H=32, eval_every=50, log_every=50, gen_max_len=6, gen_sequences=16)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,13 +112,29 @@ def evaluate(model: DNC, config: Config, step: int) -> float:
     return float(np.mean(errors))
 
 
-def plot(out: Path, result, evals: list, model: DNC, config: Config) -> list[Path]:
+def generalisation(model: DNC, config: Config) -> list[dict]:
+    """Bit errors per sequence, and the fraction of sequences copied without a single wrong bit, for
+    every length 1..gen_max_len (gen_sequences fresh sequences each, seeded by the length). Lengths
+    above max_len were never trained on; up to N the memory has a free slot for every vector."""
+    rows = []
+    for length in range(1, config.gen_max_len + 1):
+        data = make_copy(np.random.default_rng([config.seed, 3, length]), config.gen_sequences,
+                         num_bits=config.num_bits, min_len=length, max_len=length)
+        logits, _ = model.forward(data.inputs)
+        wrong = ((logits > 0) != (data.targets == 1)).sum(axis=2) * data.mask    # (T, B) wrong bits
+        rows.append({"length": length,
+                     "bit_errors": bit_errors_per_sequence(logits, data.targets, data.mask),
+                     "perfect": float(np.mean(wrong.sum(axis=0) == 0))})
+    return rows
+
+
+def plot(out: Path, result, evals: list, model: DNC, config: Config, gen_rows: list[dict]) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "dnc_copy_loss.png", out / "dnc_copy_memory.png"]
+    paths = [out / "dnc_copy_loss.png", out / "dnc_copy_memory.png", out / "dnc_copy_generalisation.png"]
 
     fig, (ax_loss, ax_err) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     losses = np.asarray(result.losses)
@@ -143,6 +175,26 @@ def plot(out: Path, result, evals: list, model: DNC, config: Config) -> list[Pat
     fig.suptitle(f"DNC copy, one sequence of length {config.max_len}: write, then read back in order")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
+    plt.close(fig)
+
+    lengths = np.array([row["length"] for row in gen_rows])
+    fig, (ax_err, ax_ok) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+    for ax in (ax_err, ax_ok):
+        ax.axvspan(config.min_len - 0.5, config.max_len + 0.5, color="C2", alpha=0.12, lw=0,
+                   label=f"trained lengths {config.min_len}-{config.max_len}")
+    ax_err.plot(lengths, [row["bit_errors"] for row in gen_rows], "o-", color="C3", label="DNC")
+    ax_err.plot(lengths, lengths * config.num_bits / 2, "--", color="0.5", label="chance (half the bits)")
+    ax_err.set_yscale("symlog", linthresh=0.1)
+    ax_err.set_ylabel("bit errors per sequence")
+    ax_err.legend(fontsize=8)
+    ax_ok.plot(lengths, [row["perfect"] for row in gen_rows], "s-", color="C0")
+    ax_ok.set_ylim(-0.05, 1.05)
+    ax_ok.set_ylabel("sequences copied perfectly")
+    ax_ok.set_xlabel(f"sequence length ({config.gen_sequences} fresh sequences each; N = {config.N} slots)")
+    ax_ok.set_xticks(lengths)
+    fig.suptitle(f"DNC copy: generalisation beyond the trained lengths {config.min_len}-{config.max_len}")
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=110)
     plt.close(fig)
     return paths
 
@@ -194,12 +246,18 @@ def main(argv: list[str] | None = None) -> dict:
         "best_bit_errors": best["bit_errors"],
         "best_step": best["step"],
         "solved_step": progress["solved"],
-        "seconds": time.perf_counter() - started,
     }
+    gen_rows = generalisation(model, config)
+    print("dnc_copy: generalisation (length: bit errors per sequence, fraction copied perfectly)", flush=True)
+    for row in gen_rows:
+        trained = "" if row["length"] <= config.max_len else "   (longer than trained)"
+        print(f"  {row['length']:3d}: {row['bit_errors']:7.3f}  {row['perfect']:5.2f}{trained}", flush=True)
+    summary["generalisation"] = gen_rows
+    summary["seconds"] = time.perf_counter() - started
     if not args.no_plots:
-        summary["plots"] = [str(p) for p in plot(Path(args.out), result, result.evals, model, config)]
+        summary["plots"] = [str(p) for p in plot(Path(args.out), result, result.evals, model, config, gen_rows)]
     print("dnc_copy: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in summary.items()), flush=True)
+                                   for k, v in summary.items() if k != "generalisation"), flush=True)
     return summary
 
 

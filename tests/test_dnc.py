@@ -1,7 +1,8 @@
 """Tests of the Differentiable Neural Computer (minimem.memory.dnc and its siblings dnc_interface,
 dnc_access), spec Part B and the DNC column of E.1: engines against each other and against central
-differences with frozen free lists, the B.9 invariants at model level, batch independence, chunked
-sequences, float32, planted bugs, and bad inputs."""
+differences with frozen free lists, the training-time clip of the controller-activation gradients
+(B.4, B.10.8), the B.9 invariants at model level, batch independence, chunked sequences, float32,
+planted bugs, and bad inputs (more hostile input in test_dnc_hostile.py)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from minimem.memory.dnc import DNC, DNCConfig, DNCRecord, DNCState, param_shapes
 from minimem.memory.dnc_interface import (
     Interface, interface_autodiff, interface_backward, interface_forward, interface_layout, interface_size,
 )
+from minimem.nn.lstm import lstm_step_backward
 
 TOL = 1e-12
 
@@ -86,8 +88,8 @@ def test_planted_bug_dropping_a_carried_gradient_is_caught(monkeypatch, drop):
     manual engine FAIL against central differences, while the autodiff engine stays ok."""
     real_step_backward = dnc_module.dnc_step_backward
 
-    def buggy(dy, dstate, cache, config):
-        dstate_prev, grads = real_step_backward(dy, dstate, cache, config)
+    def buggy(dy, dstate, cache, config, *options):
+        dstate_prev, grads = real_step_backward(dy, dstate, cache, config, *options)
         return dstate_prev._replace(**{drop: np.zeros_like(getattr(dstate_prev, drop))}), grads
 
     monkeypatch.setattr(dnc_module, "dnc_step_backward", buggy)
@@ -111,6 +113,95 @@ def test_deepmind_mode_drops_exactly_the_usage_write_term():
     g_p = paper.model.backward(dys, cache_p)
     g_d = deepmind.model.backward(dys, cache_d)
     assert np.max(np.abs(g_p["interface.b"] - g_d["interface.b"])) > 1e-6
+
+
+# ----------------------------------------------------------------- controller-gradient clipping (B.4, B.10.8)
+def _recording_lstm_backward(monkeypatch):
+    """Patch the LSTM cell backward the DNC calls so that every dh (B, H) it receives is recorded."""
+    seen = []
+    real = dnc_module.lstm_step_backward
+
+    def recording(dh, dc, cache):
+        seen.append(dh.copy())
+        return real(dh, dc, cache)
+
+    monkeypatch.setattr(dnc_module, "lstm_step_backward", recording)
+    return seen
+
+
+def _clip_setup(layers=2, T=6):
+    config = DNCConfig(X=4, Y=3, N=6, W=4, R=2, H=8, layers=layers)
+    rng = np.random.default_rng(21)
+    model = DNC(config, rng)
+    xs = rng.standard_normal((T, 2, 4))
+    state0 = random_state(rng, config, 2)
+    ys, cache = model.forward(xs, state0)
+    return model, cache, rng.standard_normal(ys.shape)
+
+
+def test_controller_grad_clip_is_off_by_default_and_in_every_gradcheck_case():
+    assert DNC(DNCConfig(X=3, Y=2)).controller_grad_clip is None
+    assert all(case.model.model.controller_grad_clip is None for case in all_cases())
+
+
+def test_controller_grad_clip_is_a_no_op_for_small_gradients(monkeypatch):
+    """A bound above every |dh^l_t| that BPTT produces leaves every gradient bit for bit unchanged."""
+    seen = _recording_lstm_backward(monkeypatch)
+    model, cache, dys = _clip_setup()
+    grads, dstate0 = model.backward_with_state(dys, cache)
+    largest = max(np.max(np.abs(dh)) for dh in seen)
+    assert len(seen) == 6 * 2                                            # T steps x layers
+    model.controller_grad_clip = 1.0001 * largest
+    grads_clipped, dstate0_clipped = model.backward_with_state(dys, cache)
+    for name in grads:
+        np.testing.assert_array_equal(grads_clipped[name], grads[name], err_msg=name)
+    for exact, clipped in zip(dstate0, dstate0_clipped):
+        np.testing.assert_array_equal(clipped, exact)
+
+
+def test_controller_grad_clip_bounds_large_gradients(monkeypatch):
+    """With upstream gradients x 1e4, every dh^l_t entering the LSTM backward is within [-c, c],
+    the clip is active (gradients change) and everything stays finite."""
+    seen = _recording_lstm_backward(monkeypatch)
+    model, cache, dys = _clip_setup()
+    grads = model.backward(1e4 * dys, cache)
+    assert max(np.max(np.abs(dh)) for dh in seen) > 10.0
+    seen.clear()
+    model.controller_grad_clip = 0.5
+    grads_clipped = model.backward(1e4 * dys, cache)
+    assert len(seen) == 12 and all(np.max(np.abs(dh)) <= 0.5 for dh in seen)
+    assert any(np.max(np.abs(dh)) == 0.5 for dh in seen)                 # some entries sit on the bound
+    for name in grads:
+        assert np.all(np.isfinite(grads_clipped[name])), name
+    assert np.max(np.abs(grads_clipped["controller.layer0.W_h"])) < np.max(np.abs(grads["controller.layer0.W_h"]))
+
+
+def test_controller_grad_clip_equals_clipping_dh_by_hand_on_one_step(monkeypatch):
+    """T = 1, one layer: the clipped backward is exactly lstm_step_backward(clip(dh, -c, c), 0),
+    and the maps after the controller (interface, output, read_out) keep their exact gradients."""
+    seen = _recording_lstm_backward(monkeypatch)
+    model, cache, dys = _clip_setup(layers=1, T=1)
+    grads = model.backward(dys, cache)
+    (dh,) = seen
+    c = 0.5 * np.max(np.abs(dh))
+    model.controller_grad_clip = c
+    grads_clipped = model.backward(dys, cache)
+    np.testing.assert_array_equal(seen[1], np.clip(dh, -c, c))
+    _, _, _, expected = lstm_step_backward(np.clip(dh, -c, c), np.zeros_like(dh),
+                                           cache.steps[0].controller.layers[0])
+    for name, value in expected.items():
+        np.testing.assert_array_equal(grads_clipped[f"controller.layer0.{name}"], value)
+    for name in ("interface.W", "interface.b", "output.W", "output.b", "read_out.W"):
+        np.testing.assert_array_equal(grads_clipped[name], grads[name])
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf"), True, "10"])
+def test_bad_controller_grad_clip_raises_value_error(value):
+    with pytest.raises(ValueError, match=r"controller_grad_clip must be None \(off\) or a positive finite number"):
+        DNC(DNCConfig(X=3, Y=2), controller_grad_clip=value)
+    model, cache, dys = _clip_setup(layers=1, T=2)
+    with pytest.raises(ValueError, match=r"controller_grad_clip"):
+        dnc_module.dnc_backward(dys, cache, controller_grad_clip=value)
 
 
 # ----------------------------------------------------------------- invariants (spec B.9)

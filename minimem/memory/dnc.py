@@ -36,7 +36,12 @@ stop-gradient); allocation usage floor eps_a = 1e-6; stable sort, ties to the lo
 with skip connections from the input (L = 1 is deepmind/dnc's single LSTM); optional `clip` of
 every layer's output h and cell state s to [-clip, clip] before use (deepmind/dnc uses 20; off by
 default). The paper's elementwise clipping of controller-activation gradients during training
-[B.10.8] is a training option, not part of the model function, and is not implemented here.
+[B.4, B.10.8] is a training option of the manual backward, not part of the model function:
+`DNC(..., controller_grad_clip=c)` (or dnc_backward's argument) clips the gradient w.r.t. every
+controller layer's output h^l_t to [-c, c] at each step of BPTT, after the contributions of the
+output maps, of step t+1 and of the layer above are summed and before it enters the LSTM cell's
+backward. It is off (None) by default and in every gradcheck case; with it on, backward is no
+longer the gradient of the forward.
 
 Discrete choices: the free lists phi_t (and, in deepmind mode, the w^w_{t-1} values the usage saw)
 are constants of the backward pass. forward records them in cache.record (a DNCRecord); passing
@@ -161,8 +166,9 @@ class DNCRecord(NamedTuple):
 def initial_state(config: DNCConfig, B: int, N: int | None = None) -> DNCState:
     """All-zero state for a batch of B; N overrides config.N (the trained weights do not depend on N)."""
     N = config.N if N is None else N
-    if isinstance(N, bool) or not isinstance(N, (int, np.integer)) or N < 1:
-        raise ValueError(f"N must be an integer >= 1; got {N!r}")
+    for name, value in (("B", B), ("N", N)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
     R, W, H, layers, dtype = config.R, config.W, config.H, config.layers, np.dtype(config.dtype)
     zeros = lambda *shape: np.zeros(shape, dtype=dtype)
     return DNCState(zeros(B, N, W), zeros(B, N), zeros(B, N), zeros(B, N, N), zeros(B, N),
@@ -177,12 +183,14 @@ def _check_inputs(xs, config: DNCConfig) -> np.ndarray:
     return xs.astype(config.dtype, copy=False)
 
 
-def _check_state(state, config: DNCConfig, B: int) -> DNCState:
+def _check_state(state, config: DNCConfig, B: int, ranges: bool = True) -> DNCState:
+    """A DNCState of float arrays with the shapes of the legend below, finite; with `ranges` (a
+    state, not a gradient) also in the ranges of spec B.2 (_check_state_ranges)."""
     if not isinstance(state, tuple) or len(state) != len(DNCState._fields):
         raise ValueError(f"state must be a DNCState {DNCState._fields}; got {type(state).__name__}")
     state = DNCState(*(as_float_array(f"state.{n}", a) for n, a in zip(DNCState._fields, state)))
-    if state.M.ndim != 3:
-        raise ValueError(f"state.M must have shape (B, N, W); got {state.M.shape}")
+    if state.M.ndim != 3 or state.M.shape[1] < 1:
+        raise ValueError(f"state.M must have shape (B, N, W) with N >= 1; got {state.M.shape}")
     N, R, W, H, layers = state.M.shape[1], config.R, config.W, config.H, config.layers
     expected = {"M": (B, N, W), "u": (B, N), "p": (B, N), "L": (B, N, N), "w_w": (B, N), "w_r": (B, R, N),
                 "r": (B, R, W), "h": (layers, B, H), "c": (layers, B, H)}
@@ -193,7 +201,27 @@ def _check_state(state, config: DNCConfig, B: int) -> DNCState:
         if value.shape != shape:
             raise ValueError(f"state.{name} must have shape {legend[name]} = {shape}; got {value.shape}")
         check_finite(f"state.{name}", value)
+    if ranges:
+        _check_state_ranges(state)
     return state
+
+
+def _check_state_ranges(state: DNCState) -> None:
+    """ValueError unless u_t is in [0, 1]^N, p_t, w^w_t and each w^{r,i}_t are in Delta_N (entries
+    in [0, 1], sum <= 1) and L_t has entries in [0, 1] (spec B.2, B.9). The tolerance absorbs
+    rounding (1e-9 in float64, 1e-4 in float32); anything further out is not a DNC state, and
+    e.g. a usage above 1 would turn allocation weights negative without any error."""
+    tol = 1e-9 if state.u.dtype == np.float64 else 1e-4
+    for name, legend in (("u", "(B, N) with entries in [0, 1]"), ("L", "(B, N, N) with entries in [0, 1]"),
+                         ("p", "(B, N) in Delta_N"), ("w_w", "(B, N) in Delta_N"),
+                         ("w_r", "(B, R, N) in Delta_N")):
+        value = getattr(state, name)
+        if np.any(value < -tol) or np.any(value > 1 + tol):
+            raise ValueError(f"state.{name} must be {legend}; got entries in "
+                             f"[{np.min(value):.6g}, {np.max(value):.6g}]")
+        if "Delta_N" in legend and np.any(np.sum(value, axis=-1) > 1 + tol):
+            raise ValueError(f"state.{name} must be {legend} (entries in [0, 1], each weighting summing to "
+                             f"at most 1); got a sum of {np.max(np.sum(value, axis=-1)):.6g}")
 
 
 def _check_frozen(frozen, config: DNCConfig, T: int, B: int, N: int) -> None:
@@ -244,14 +272,17 @@ def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndar
     return np.stack(hs), np.stack(cs), ControllerCache(tuple(caches), tuple(masks))   # (layers, B, H)
 
 
-def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache: ControllerCache, chi_width: int):
-    """Adjoint of controller_step_forward.
+def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache: ControllerCache, chi_width: int,
+                             grad_clip: float | None = None):
+    """Adjoint of controller_step_forward (with grad_clip, a training surrogate of it).
 
     Args:
         dh: (layers, B, H) gradient w.r.t. each layer's output h^l_t from this step's output maps
             and from step t+1 (the gradient from the layer above at this step is added here).
         dc: (layers, B, H) gradient w.r.t. s^l_t carried from step t+1.
         chi_width: X + RW, to split each layer's input gradient into chi_t and h^{l-1}_t.
+        grad_clip: None, or c > 0: each layer's whole gradient w.r.t. h^l_t (dh[l] plus the layer
+            above's) is clipped elementwise to [-c, c] before the cell's backward [B.4, B.10.8].
     Returns:
         dchi (B, X + RW), dh_prev and dc_prev (layers, B, H), and the controller's parameter
         gradients (names `controller.layer{l}.*`).
@@ -260,6 +291,8 @@ def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache: ControllerCa
     dchi, dh_from_above, grads = 0.0, 0.0, {}
     for l in reversed(range(len(cache.layers))):
         dh_l, dc_l = dh[l] + dh_from_above, dc[l]
+        if grad_clip is not None:                                # the paper's training-time clip
+            dh_l = np.clip(dh_l, -grad_clip, grad_clip)
         if cache.masks:                                          # the clip passes gradient inside
             dh_l, dc_l = dh_l * cache.masks[l][0], dc_l * cache.masks[l][1]
         dinput, dh_prev[l], dc_prev[l], layer_grads = lstm_step_backward(dh_l, dc_l, cache.layers[l])
@@ -306,12 +339,15 @@ def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DN
     return y, DNCState(*memory, h, c), cache
 
 
-def dnc_step_backward(dy: np.ndarray, dstate: DNCState, cache: DNCStepCache, config: DNCConfig):
+def dnc_step_backward(dy: np.ndarray, dstate: DNCState, cache: DNCStepCache, config: DNCConfig,
+                      controller_grad_clip: float | None = None):
     """Adjoint of dnc_step_forward.
 
     Args:
         dy: (B, Y) this step's loss gradient w.r.t. y_t (from outside).
         dstate: DNCState of gradients w.r.t. the state at t, carried from step t+1 (zeros at t = T).
+        controller_grad_clip: None, or c: clip the gradients w.r.t. the controller outputs h^l_t
+            to [-c, c] (controller_step_backward; a training option, off for gradient checks).
     Returns:
         dstate_prev (gradients w.r.t. the state at t-1, to carry to step t-1) and this step's
         parameter gradients (a dict with the params' names).
@@ -325,7 +361,8 @@ def dnc_step_backward(dy: np.ndarray, dstate: DNCState, cache: DNCStepCache, con
     dh_v, dW_y, db_y = linear_backward(dy, cache.output)                               # 3.
     dh = (dh_xi + dh_v).reshape(B, layers, H).transpose(1, 0, 2) + dstate.h           # (layers, B, H)
     chi_width = config.X + config.R * config.W
-    dchi, dh_prev, dc_prev, grads = controller_step_backward(dh, dstate.c, cache.controller, chi_width)  # 2.
+    dchi, dh_prev, dc_prev, grads = controller_step_backward(dh, dstate.c, cache.controller, chi_width,
+                                                             controller_grad_clip)                   # 2.
     dr_prev = dchi[:, config.X:].reshape(B, config.R, config.W)                        # 1.
     grads.update({"interface.W": dW_xi, "interface.b": db_xi, "output.W": dW_y, "output.b": db_y,
                   "read_out.W": dW_r})
@@ -376,25 +413,39 @@ def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCSt
     return ys, DNCCache(config, xs, state0, steps, states, record)
 
 
-def dnc_backward(dys: np.ndarray, cache: DNCCache, dstate: DNCState | None = None):
+def check_controller_grad_clip(value) -> float | None:
+    """None (off) or a positive finite number, as a float; ValueError otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(value) and value > 0):
+        raise ValueError(f"controller_grad_clip must be None (off) or a positive finite number; got {value!r}")
+    return float(value)
+
+
+def dnc_backward(dys: np.ndarray, cache: DNCCache, dstate: DNCState | None = None,
+                 controller_grad_clip: float | None = None):
     """BPTT through dnc_forward.
 
     dys (T, B, Y) holds only each step's loss gradient w.r.t. y_t. Carried from step t+1 to t, as a
     DNCState of gradients: dM, du, dp, dL, dw^w, dw^r (R heads), dr (through chi_{t+1}) and, per
     controller layer, dh and ds. dstate is the gradient w.r.t. the final state (from a later chunk
-    of the sequence; None: zeros).
+    of the sequence; None: zeros). controller_grad_clip: None (the exact gradient), or c > 0 to
+    clip the gradient w.r.t. every controller output h^l_t to [-c, c] during BPTT [B.4, B.10.8].
     Returns (grads keyed like the params, dstate0 = gradient w.r.t. the initial state).
     """
     config = cache.config
     T, B = cache.xs.shape[:2]
+    controller_grad_clip = check_controller_grad_clip(controller_grad_clip)
     dys = as_float_array("dys", dys)
     if dys.shape != (T, B, config.Y):
         raise ValueError(f"dys must have the outputs' shape (T, B, Y) = {(T, B, config.Y)}; got {dys.shape}")
+    check_finite("dys", dys)
     carry = DNCState(*(np.zeros_like(a) for a in cache.final_state)) if dstate is None \
-        else _check_state(dstate, config, B)
+        else _check_state(dstate, config, B, ranges=False)
     grads = {name: np.zeros(shape, dtype=dys.dtype) for name, shape in param_shapes(config).items()}
     for t in reversed(range(T)):
-        carry, step_grads = dnc_step_backward(dys[t], carry, cache.steps[t], config)
+        carry, step_grads = dnc_step_backward(dys[t], carry, cache.steps[t], config, controller_grad_clip)
         for name, dparam in step_grads.items():
             grads[name] += dparam                                  # weights are shared across steps
     return grads, carry
@@ -462,13 +513,17 @@ class DNC:
         grads = model.backward(dys, cache)            # keys of model.params
         ys_t = model.forward_autodiff(tparams, xs)    # Tensor, the independent engine
 
-    model.params is read at call time (optimisers update it in place).
+    model.params is read at call time (optimisers update it in place). controller_grad_clip (None:
+    off) is the paper's training-time clip of the controller-activation gradients, used by
+    backward and backward_with_state only [B.10.8]; leave it off to gradient-check.
     """
 
-    def __init__(self, config: DNCConfig, rng: np.random.Generator | None = None):
+    def __init__(self, config: DNCConfig, rng: np.random.Generator | None = None, *,
+                 controller_grad_clip: float | None = None):
         if not isinstance(config, DNCConfig):
             raise ValueError(f"config must be a DNCConfig; got {type(config).__name__}")
         self.config = config
+        self.controller_grad_clip = check_controller_grad_clip(controller_grad_clip)
         self.params = dnc_init(np.random.default_rng(0) if rng is None else rng, config)
 
     def initial_state(self, B: int, N: int | None = None) -> DNCState:
@@ -478,7 +533,10 @@ class DNC:
     def _check_params(self, params: Mapping) -> None:
         check_params(params, param_shapes(self.config))
         for name, value in params.items():
-            check_finite(f"parameter {name}", np.asarray(value.data if isinstance(value, ad.Tensor) else value))
+            value = np.asarray(value.data if isinstance(value, ad.Tensor) else value)
+            if value.dtype not in (np.float32, np.float64):
+                raise ValueError(f"parameter {name} must be a float32 or float64 array; got dtype {value.dtype}")
+            check_finite(f"parameter {name}", value)
 
     def forward(self, xs: np.ndarray, state: DNCState | None = None,
                 frozen: DNCRecord | None = None) -> tuple[np.ndarray, DNCCache]:
@@ -493,8 +551,9 @@ class DNC:
     def backward_with_state(self, dys: np.ndarray, cache: DNCCache,
                             dstate: DNCState | None = None) -> tuple[dict[str, np.ndarray], DNCState]:
         """(grads, dstate0): also takes the gradient w.r.t. the final state and returns the one
-        w.r.t. the initial state, to chain BPTT across chunks of a sequence."""
-        return dnc_backward(dys, cache, dstate)
+        w.r.t. the initial state, to chain BPTT across chunks of a sequence. Clips the controller
+        gradients if self.controller_grad_clip is set."""
+        return dnc_backward(dys, cache, dstate, self.controller_grad_clip)
 
     def forward_autodiff(self, tparams: Mapping[str, ad.Tensor], xs: np.ndarray, state: DNCState | None = None,
                          frozen: DNCRecord | None = None) -> ad.Tensor:
