@@ -1,4 +1,5 @@
-"""demos/ntm_copy.py --quick: runs in seconds, the held-out loss falls, the PNGs are written."""
+"""demos/ntm_copy.py --quick: runs in seconds, the held-out loss falls, the PNGs are written; the
+length curriculum widens when (and only when) the held-out errors allow it."""
 
 from __future__ import annotations
 
@@ -11,32 +12,64 @@ import pytest
 DEMO = Path(__file__).resolve().parents[1] / "demos" / "ntm_copy.py"
 
 
-def load_demo():
+def load_demo(monkeypatch):
     spec = importlib.util.spec_from_file_location("ntm_copy_demo", DEMO)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module              # dataclasses look their module up while defining Config
+    monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-def test_quick_demo_learns_and_writes_the_plots(tmp_path):
+def test_quick_demo_learns_and_writes_the_plots(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    demo = load_demo()
+    demo = load_demo(monkeypatch)
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     assert summary["steps"] == demo.QUICK["steps"]
     assert summary["final_loss"] < 0.8 * summary["initial_loss"]
     assert 0.0 <= summary["bit_errors"] < 13.5
     assert summary["seconds"] > 0
-    for name in ("ntm_copy_loss.png", "ntm_copy_heads.png"):
+    rows = summary["generalisation"]
+    assert [row["length"] for row in rows] == list(range(1, demo.QUICK["gen_max_len"] + 1))
+    assert all(0.0 <= row["perfect"] <= 1.0 and row["bit_errors"] >= 0.0 for row in rows)
+    assert rows[0]["bit_errors"] < rows[-1]["bit_errors"]           # short sequences are copied better
+    for name in ("ntm_copy_loss.png", "ntm_copy_heads.png", "ntm_copy_generalisation.png"):
         path = tmp_path / name
         assert path.exists() and path.stat().st_size > 1000
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unknown_flags_are_errors():
-    demo = load_demo()
+def test_the_curriculum_widens_only_when_the_errors_allow(monkeypatch):
+    demo = load_demo(monkeypatch)
+    quick = ["--quick", "--steps", "40", "--eval-every", "20", "--gen-max-len", "3", "--no-plots"]
+    always = demo.main(quick + ["--widen-below", "1e9"])            # every evaluation may widen
+    assert always["widened_at"] == [20]                              # start_len 2 -> max_len 3, then stop
+    assert always["full_length_step"] == 20
+    never = demo.main(quick + ["--widen-below", "0"])                # errors are never below 0
+    assert never["widened_at"] == [] and never["full_length_step"] is None
+    assert never["plots"] == []
+    off = demo.main(quick + ["--start-len", "3"])                    # no curriculum at all
+    assert off["widened_at"] == [] and off["full_length_step"] == 0
+
+
+def test_evaluate_restricts_to_the_lengths_trained_so_far(monkeypatch):
+    import numpy as np
+    demo = load_demo(monkeypatch)
+    cfg = demo.parse_config(["--quick"])
+    model = demo.NTM(demo.NTMConfig(X=cfg.bits + 1, Y=cfg.bits, N=cfg.N, W=cfg.W, H=cfg.H),
+                     rng=np.random.default_rng(0))
+    held_out = [demo.copy_batch(np.random.default_rng(s), cfg, 16, same_length=False) for s in range(2)]
+    everything = demo.evaluate(model, held_out, upto=cfg.max_len)
+    assert everything["bit_errors_upto"] == pytest.approx(everything["bit_errors"])
+    short = demo.evaluate(model, held_out, upto=1)["bit_errors_upto"]
+    assert 0.0 <= short <= cfg.bits                                  # one vector: at most `bits` errors
+
+
+def test_unknown_flags_and_bad_lengths_are_errors(monkeypatch):
+    demo = load_demo(monkeypatch)
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
+    with pytest.raises(SystemExit):
+        demo.parse_config(["--max-len", "20"])                       # beyond gen_max_len = 16
     assert demo.parse_config(["--quick", "--steps", "7"]).steps == 7
     assert demo.parse_config(["--quick"]).max_len == demo.QUICK["max_len"]
     assert demo.parse_config([]).steps == demo.Config().steps

@@ -59,8 +59,8 @@ from minimem.memory.ntm_heads import (
     head_outputs_autodiff, head_outputs_backward, head_outputs_forward, select_heads,
 )
 from minimem.memory.ntm_state import (
-    MEMORY_CONSTANT, InitCache, NTMState, check_memory0, check_state, initial_state_autodiff, initial_state_backward,
-    initial_state_forward, state_shapes,
+    MEMORY_CONSTANT, InitCache, NTMState, check_batch_size, check_memory0, check_state, initial_state_autodiff,
+    initial_state_backward, initial_state_forward, state_shapes,
 )
 from minimem.memory.read_write import (
     ReadCache, WriteCache, read_autodiff, read_backward, read_forward, read_op,
@@ -373,8 +373,8 @@ def ntm_forward(xs: np.ndarray, params: Mapping[str, np.ndarray], config: NTMCon
         params: the parameters (ntm_param_shapes), read now; all computation is in their dtype.
         memory0: (N, W) fixed initial memory for memory_init "random" (None gives the 1e-6
             constant for "constant"; unused for "learned").
-        state: an NTMState to continue from (e.g. the previous call's cache.final_state), or
-            None to start from the initial state of spec A.2.
+        state: an NTMState to continue from (e.g. the previous call's cache.final_state; finite,
+            weightings with entries in [0, 1]), or None to start from the initial state of spec A.2.
     Returns:
         ys: (T, B, Y) logits, and the NTMCache (cache.final_state is the state after step T, so
         T steps at once equal two calls of T/2 with the carried state, exactly).
@@ -416,11 +416,12 @@ def ntm_backward(dys: np.ndarray, cache: NTMCache, dstate: NTMState | None = Non
     dys = as_float_array("dys", dys)
     if dys.shape != (T, B, Y):
         raise ValueError(f"dys must have the shape of ys (T, B, Y) = {(T, B, Y)}; got {dys.shape}")
+    check_finite("dys", dys)
     dtype = cache.final_state.M.dtype
     if dstate is None:
         dstate = NTMState(*(np.zeros(s, dtype=dtype) for s in state_shapes(config, B)))
     else:
-        dstate = check_state(dstate, config, B, dtype, what="dstate")
+        dstate = check_state(dstate, config, B, dtype, what="dstate", weightings=False)
     total: dict[str, np.ndarray] = {}
     for t in reversed(range(T)):
         dstate, step_grads = ntm_step_backward(dys[t], dstate, steps[t], config)
@@ -548,7 +549,8 @@ class NTM:
         return ntm_autodiff(tparams, xs, self.config, self.memory0, state, custom_ops)
 
     def initial_state(self, B: int) -> NTMState:
-        """The state at t = 0 for a batch of B (spec A.2)."""
+        """The state at t = 0 for a batch of B >= 1 (spec A.2)."""
+        B = check_batch_size(B)
         dtype = _check_ntm_params(self.params, self.config)
         return initial_state_forward(self.params, self.config, check_memory0(self.memory0, self.config, dtype),
                                      B, dtype)[0]

@@ -44,8 +44,13 @@ def state_shapes(config, B: int) -> NTMState:
     return NTMState((B, N, W), (B, R, N), (B, Rw, N), (B, R, W), (B, H), (B, H))
 
 
-def check_state(state, config, B: int, dtype, what: str = "state") -> NTMState:
-    """ValueError naming the array and its expected shape unless `state` fits; returns it in dtype."""
+def check_state(state, config, B: int, dtype, what: str = "state", weightings: bool = True) -> NTMState:
+    """ValueError naming the array and its expected shape unless `state` fits; returns it in dtype.
+
+    weightings=True also asks w_read and w_write to lie in [0, 1] (a weighting over slots; a
+    negative entry would reach the log of the sharpening step as NaN). Gradients w.r.t. a state
+    (what="dstate") take any finite values: pass weightings=False.
+    """
     if not isinstance(state, NTMState):
         raise ValueError(f"{what} must be an NTMState (M, w_read, w_write, r, h, c); got {type(state).__name__}")
     legend = NTMState("(B, N, W)", "(B, R, N)", "(B, Rw, N)", "(B, R, W)", "(B, H)", "(B, H)")
@@ -55,8 +60,18 @@ def check_state(state, config, B: int, dtype, what: str = "state") -> NTMState:
         if value.shape != shape:
             raise ValueError(f"{what}.{name} must have shape {text} = {shape}; got {value.shape}")
         check_finite(f"{what}.{name}", value)
+        if weightings and name in ("w_read", "w_write") and not np.all((value >= 0) & (value <= 1)):
+            raise ValueError(f"{what}.{name} must be a weighting over the N slots with entries in [0, 1]; "
+                             f"got values in [{value.min():.3g}, {value.max():.3g}]")
         checked.append(value.astype(dtype, copy=False))
     return NTMState(*checked)
+
+
+def check_batch_size(B) -> int:
+    """B as an int >= 1, or ValueError."""
+    if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer)) or B < 1:
+        raise ValueError(f"the batch size B must be an integer >= 1; got {B!r}")
+    return int(B)
 
 
 def check_memory0(memory0, config, dtype) -> np.ndarray | None:
