@@ -56,7 +56,8 @@ import numpy as np
 from minimem import autodiff as ad
 from minimem.memory.addressing import content_autodiff, cosine_similarity_forward
 from minimem.memory.sam_dense import DenseAccessCache, dense_access_backward, dense_access_forward
-from minimem.memory.sam_index import make_index
+from minimem.memory.sam_index import ExactIndex, make_index
+from minimem.memory.sam_lra import LRAOrder
 from minimem.memory.sam_interface import (
     SAMInterface, interface_autodiff, interface_backward, interface_forward,
 )
@@ -75,8 +76,8 @@ from minimem.nn.linear import (
 )
 from minimem.nn.lstm import LSTMStepCache, lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward
 
-__all__ = ["SAM", "SAMConfig", "SAMState", "SAMGrad", "SAMRecord", "SAMCache", "sam_forward", "sam_backward",
-           "sam_autodiff", "sam_init", "initial_state", "param_shapes"]
+__all__ = ["SAM", "SAMConfig", "SAMState", "SAMGrad", "SAMRecord", "SAMCache", "SAMLookup", "sam_forward",
+           "sam_backward", "sam_autodiff", "sam_init", "initial_state", "param_shapes"]
 
 
 # ----------------------------------------------------------------- controller and output, steps 1-2 and 9
@@ -125,6 +126,58 @@ def _accumulate(total: dict, grads: dict) -> None:
         total[name] += value                                      # the weights are shared by every step
 
 
+# ----------------------------------------------------------------- what a step looks things up in
+class SAMLookup:
+    """The non-differentiable structures a sparse step consults, derived from a state's memory M and
+    access times `last` (spec C.2 "index", C.3 steps 3 and 7, C.6):
+
+        index   which K slots each query reads: minimem.memory.sam_index (ExactIndex with its row-norm
+                cache, or the k-d tree / LSH snapshot with its dirty set)
+        lra     the LRA order (minimem.memory.sam_lra.LRAOrder); None with DAM's discounted usage
+
+    Building one costs O(N W) (exact) to O(N W log N) (an approximate index) - far more than a step.
+    SAM.forward builds one from its starting state unless it is given `lookup=`, and returns the
+    one that describes its final state as cache.lookup: passing it to the next call with
+    cache.final_state (a sequence in chunks, or repeated calls from one state) carries it instead
+    of rebuilding it. forward works on a fork, so a lookup can be passed any number of times.
+    A lookup belongs to one state: forward checks B, N, W, the time t and the index kind, but
+    cannot see a memory edited by hand - give such a state no lookup.
+    """
+
+    def __init__(self, index, lra: LRAOrder | None, t: int, shape: tuple[int, int, int]):
+        self.index, self.lra, self.t, self.shape = index, lra, int(t), tuple(shape)
+
+    @classmethod
+    def build(cls, config: SAMConfig, M: np.ndarray, last: np.ndarray, t: int) -> "SAMLookup":
+        """The lookup of a state with memory M (B, N, W) and access times last (B, N) at time t."""
+        if config.index == "exact":
+            index = ExactIndex(M)
+        else:
+            index = make_index(config.index, M, eps=config.index_eps, tables=config.lsh_tables,
+                               bits=config.lsh_bits, rebuild_after=config.index_rebuild_after,
+                               seed=config.index_seed)
+        order = LRAOrder(last, t) if config.discount_or_none is None else None
+        return cls(index, order, t, M.shape)
+
+    def fork(self) -> "SAMLookup":
+        """An independent copy (what forward works on)."""
+        return SAMLookup(self.index.fork(), None if self.lra is None else self.lra.fork(), self.t, self.shape)
+
+    def check(self, config: SAMConfig, state: SAMState) -> None:
+        """ValueError unless this lookup can describe `state` (shape, time, index kind, usage)."""
+        if not isinstance(self, SAMLookup):
+            raise ValueError(f"lookup must be a SAMLookup (cache.lookup of an earlier forward); "
+                             f"got {type(self).__name__}")
+        if self.shape != state.M.shape or self.t != state.t:
+            raise ValueError(f"lookup describes a state of shape {self.shape} at t = {self.t}, but the state "
+                             f"has shape {state.M.shape} at t = {state.t}: pass the cache.lookup that came "
+                             f"with this state, or none")
+        if self.index.kind != config.index or (self.lra is None) != (config.discount_or_none is not None):
+            raise ValueError(f"lookup was built for index {self.index.kind!r} and "
+                             f"{'discounted' if self.lra is None else 'lra'} usage; the config has index "
+                             f"{config.index!r} and usage {config.usage!r}")
+
+
 # ----------------------------------------------------------------- a sequence
 class SparseStep(NamedTuple):
     controller: ControllerCache
@@ -151,10 +204,12 @@ class SAMCache:
     record: SAMRecord            # the discrete choices, to replay with frozen=
     memory: np.ndarray | None = None
     applied: int = 0
+    lookup: "SAMLookup | None" = None   # index and LRA order of final_state (sparse engine, not frozen)
 
 
 def sam_forward(params: Mapping, xs: np.ndarray, config: SAMConfig, state: SAMState | None = None,
-                frozen: SAMRecord | None = None, copy_final_memory: bool = True) -> tuple[np.ndarray, SAMCache]:
+                frozen: SAMRecord | None = None, copy_final_memory: bool = True, lookup: SAMLookup | None = None,
+                in_place: bool = False) -> tuple[np.ndarray, SAMCache]:
     """Run SAM over a sequence with the manual engine config.engine (no parameter validation:
     SAM.forward does that).
 
@@ -162,43 +217,72 @@ def sam_forward(params: Mapping, xs: np.ndarray, config: SAMConfig, state: SAMSt
         params: the parameter dict. xs: (T, B, X). config: SAMConfig.
         state: a SAMState to continue from (None: initial_state). frozen: a SAMRecord to replay.
         copy_final_memory: sparse engine only, see the module docstring.
+        lookup: sparse engine only: the SAMLookup of `state` (cache.lookup of the forward that made
+            it), used instead of building one; None: built here.
+        in_place: sparse engine only: use state.M itself as THE memory buffer instead of a copy
+            (which costs O(N W) per call): forward leaves M_T in it, backward reverts it to M_0 bit
+            for bit. state.M must be a writeable C-contiguous array of config.dtype.
     Returns:
-        ys (T, B, Y) and the SAMCache (cache.final_state, cache.record).
+        ys (T, B, Y) and the SAMCache (cache.final_state, cache.record, cache.lookup).
     """
     xs = check_inputs(xs, config)
     T, B, _ = xs.shape
+    given = state
     state = initial_state(config, B) if state is None else check_state(state, config, B)
     frozen = None if frozen is None else check_frozen(frozen, config, T, B)
-    run = _sparse_forward if config.engine == "sparse" else _dense_forward
-    return run(params, xs, config, state, frozen, copy_final_memory)
+    if config.engine == "dense":
+        if lookup is not None or in_place:
+            raise ValueError("lookup= and in_place= belong to the sparse engine (config.engine='sparse')")
+        return _dense_forward(params, xs, config, state, frozen, copy_final_memory)
+    if in_place and (given is None or state.M is not given.M or not (
+            state.M.flags.c_contiguous and state.M.flags.writeable)):
+        raise ValueError(f"in_place=True needs a state whose M is a writeable C-contiguous {config.dtype} "
+                         f"array (it becomes the memory buffer)")
+    if lookup is not None:
+        SAMLookup.check(lookup, config, state)
+    return _sparse_forward(params, xs, config, state, frozen, copy_final_memory, lookup, in_place)
 
 
-def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy_final_memory: bool):
+def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy_final_memory: bool,
+                    lookup: SAMLookup | None, in_place: bool):
     T, B, _ = xs.shape
     R, K, discount = config.R, config.K, config.discount_or_none
-    M = np.array(state.M, order="C", copy=True)                     # THE memory buffer (B, N, W)
+    M = state.M if in_place else np.array(state.M, order="C", copy=True)   # THE memory buffer (B, N, W)
     last, usage = np.array(state.last, copy=True), np.array(state.usage, copy=True)
     index, weight, r, h, c = state.read_index, state.read_weight, state.r, state.h, state.c
-    ann = None if frozen is not None or config.index == "exact" else _make_index(config, M)
+    if frozen is None:
+        lookup = SAMLookup.build(config, M, last, state.t) if lookup is None else lookup.fork()
+        ann, order = lookup.index, lookup.lra
+    else:
+        lookup = ann = order = None                                  # the record makes every choice
     ys = np.empty((T, B, config.Y), dtype=config.dtype)
     steps, lras, indexes = [], np.empty((T, B), INDEX_DTYPE), np.empty((T, B, R, K), INDEX_DTYPE)
     for t in range(T):
+        now = state.t + t + 1
         h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, params, config)         # 1.-2.
-        lra = lra_slots(last if discount is None else usage) if frozen is None else frozen.lra[t]  # 3.
+        if frozen is not None:
+            lra = frozen.lra[t]
+        else:
+            lra = order.head(last) if order is not None else lra_slots(usage)                      # 3.
         write = sparse_write_forward(M, index, weight, lra, iface.a, iface.alpha, iface.gamma)    # 4.-6.
         if ann is not None:
             ann.update(M, write.Ww.indices)                                                        # 6. index
         r, read = sparse_read_forward(M, iface.q, iface.beta, K,
                                       None if frozen is None else frozen.read_index[t],
                                       None if ann is None else (lambda q: ann.query(M, q, K)))    # 7.
-        usage_update(last, None if discount is None else usage, write.Ww, read.Wr, state.t + t + 1,
-                     config.delta, discount)                                                       # 8.
+        accessed = usage_update(last, None if discount is None else usage, write.Ww, read.Wr, now,
+                                config.delta, discount)                                            # 8.
+        if order is not None:
+            order.touch(accessed, now)                                                             # 8. LRA order
         ys[t], c_output = output_forward(h, r, params)                                             # 9.
         steps.append(SparseStep(c_controller, write, read, c_output))
         index, weight = read.index, read.Wr.data.reshape(B, R, K)
         lras[t], indexes[t] = write.lra, index
     final = SAMState(M.copy() if copy_final_memory else M, last, usage, index, weight, r, h, c, state.t + T)
-    return ys, SAMCache(config, xs, state, steps, final, SAMRecord(indexes, lras), memory=M, applied=T)
+    if lookup is not None:
+        lookup.t = state.t + T
+    return ys, SAMCache(config, xs, state, steps, final, SAMRecord(indexes, lras), memory=M, applied=T,
+                        lookup=lookup)
 
 
 def _make_index(config: SAMConfig, M: np.ndarray):
@@ -247,21 +331,25 @@ def sam_backward(dys: np.ndarray, cache: SAMCache, dstate: SAMGrad | None = None
     check_finite("dys", dys)
     final = cache.final_state
     if dstate is None:
-        dstate = SAMGrad(np.zeros_like(final.M), np.zeros_like(final.read_weight), np.zeros_like(final.r),
-                         np.zeros_like(final.h), np.zeros_like(final.c))
+        # np.zeros, not zeros_like: the (B, N, W) buffer gets its pages only where gradients land
+        dstate = SAMGrad(np.zeros(final.M.shape, final.M.dtype), np.zeros_like(final.read_weight),
+                         np.zeros_like(final.r), np.zeros_like(final.h), np.zeros_like(final.c))
+        owned = True
     else:
         dstate = check_grad_state(dstate, final)
+        owned = False
     grads = {name: np.zeros(shape, dtype=dys.dtype) for name, shape in param_shapes(config).items()}
-    run = _sparse_backward if config.engine == "sparse" else _dense_backward
-    return grads, run(dys, cache, dstate, grads)
+    if config.engine == "sparse":
+        return grads, _sparse_backward(dys, cache, dstate, grads, owned)
+    return grads, _dense_backward(dys, cache, dstate, grads)
 
 
-def _sparse_backward(dys, cache: SAMCache, dstate: SAMGrad, grads: dict) -> SAMGrad:
+def _sparse_backward(dys, cache: SAMCache, dstate: SAMGrad, grads: dict, owned: bool) -> SAMGrad:
     config, steps, M = cache.config, cache.steps, cache.memory
     for step in steps[cache.applied:]:                       # a reverted buffer: redo the writes first
         sparse_write_replay(M, step.write)
     cache.applied = len(steps)
-    dM = np.array(dstate.M, order="C", copy=True)            # THE gradient buffer (B, N, W)
+    dM = dstate.M if owned else np.array(dstate.M, order="C", copy=True)   # THE gradient buffer (B, N, W)
     dweight, dr_carry, dh, dc = dstate.read_weight, dstate.r, dstate.h, dstate.c
     for t in reversed(range(len(steps))):
         step = steps[t]
@@ -402,10 +490,17 @@ class SAM:
             check_finite(f"parameter {name}", value)
 
     def forward(self, xs, state: SAMState | None = None, frozen: SAMRecord | None = None,
-                copy_final_memory: bool = True) -> tuple[np.ndarray, SAMCache]:
+                copy_final_memory: bool = True, lookup: SAMLookup | None = None,
+                in_place: bool = False) -> tuple[np.ndarray, SAMCache]:
         """ys (T, B, Y) and the cache (see sam_forward)."""
         self._check_params(self.params)
-        return sam_forward(self.params, xs, self.config, state, frozen, copy_final_memory)
+        return sam_forward(self.params, xs, self.config, state, frozen, copy_final_memory, lookup, in_place)
+
+    def lookup(self, state: SAMState) -> SAMLookup:
+        """The SAMLookup (index and LRA order) of a state, to pass to forward(..., lookup=) - e.g.
+        once for a large memory that many forward calls start from."""
+        state = check_state(state, self.config, np.shape(state.M)[0] if isinstance(state, SAMState) else 0)
+        return SAMLookup.build(self.config, state.M, state.last, state.t)
 
     def backward(self, dys, cache: SAMCache) -> dict[str, np.ndarray]:
         """Gradients of sum(dys * ys) w.r.t. every parameter (BPTT, see sam_backward)."""

@@ -348,7 +348,7 @@ def sparse_read_backward(dr: np.ndarray, dweight: np.ndarray, M: np.ndarray, dM:
 
 # ----------------------------------------------------------------- usage, step 8
 def usage_update(last: np.ndarray, usage: np.ndarray | None, Ww: sp.csr_matrix, Wr: sp.csr_matrix, t: int,
-                 delta: float, discount: float | None = None) -> None:
+                 delta: float, discount: float | None = None) -> np.ndarray:
     """Step 8 in place, O(R K) for U^(2): last(j) = t for every slot with wW(j) + sum_i wR^i(j) > delta.
 
     With `discount` (DAM's U^(1), C.3): also usage = discount * usage + wW + sum_i wR^i (O(N) for
@@ -357,6 +357,8 @@ def usage_update(last: np.ndarray, usage: np.ndarray | None, Ww: sp.csr_matrix, 
     Args:
         last: (B, N) int buffer of last-access times. usage: (B, N) float buffer or None.
         Ww: (B, B N), Wr: (B R, B N) this step's write and read weights. t: the step's time (>= 1).
+    Returns:
+        the global rows b N + j stamped with t, ascending (for the LRA order, minimem.memory.sam_lra).
     """
     for name, buffer in (("last", last), ("usage", usage)):
         if buffer is not None and not (buffer.flags.c_contiguous and buffer.flags.writeable):
@@ -365,7 +367,9 @@ def usage_update(last: np.ndarray, usage: np.ndarray | None, Ww: sp.csr_matrix, 
     values = np.concatenate([Ww.data, Wr.data])
     J, where = np.unique(columns, return_inverse=True)
     access = np.bincount(where, weights=values, minlength=J.size)       # wW + sum_i wR^i on the union
-    last.reshape(-1)[J[access > delta]] = t
+    accessed = J[access > delta]
+    last.reshape(-1)[accessed] = t
     if discount is not None:
         usage *= discount
         usage.reshape(-1)[J] += access.astype(usage.dtype, copy=False)
+    return accessed
