@@ -93,6 +93,19 @@ def bench_lstm(rounds: int, T: int = 50, B: int = 16, H: int = 128, X: int = 32)
 
 BENCHMARKS = {"op_overhead": bench_op_overhead, "lstm": bench_lstm}
 
+# Each model family with a benchmark module contributes its own entries via benchmarks(quick).
+FAMILY_MODULES = ("minimem.bench_sam", "minimem.bench_titans")
+
+
+def all_benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
+    """The core benchmarks plus every family module's, at the quick or the full size."""
+    import importlib
+
+    found = dict(BENCHMARKS)
+    for module_name in FAMILY_MODULES:
+        found.update(importlib.import_module(module_name).benchmarks(quick=quick))
+    return found
+
 
 def format_table(rows: list[dict]) -> str:
     lines = ["| benchmark | baseline | time | candidate | time | candidate / baseline |",
@@ -114,12 +127,17 @@ def _fmt(seconds: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minimem bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few rounds: checks the script runs, numbers are rough")
-    parser.add_argument("--only", choices=sorted(BENCHMARKS), action="append", help="run only these benchmarks")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only these benchmarks (repeatable; default: all)")
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else 7
+    found = all_benchmarks(quick=args.quick)
+    unknown = sorted(set(args.only or ()) - set(found))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; expected some of {sorted(found)}")
     rows = []
-    for name in args.only or list(BENCHMARKS):
-        rows += BENCHMARKS[name](rounds)
+    for name in args.only or list(found):
+        rows += found[name](rounds)
     print(f"# minimem benchmarks ({platform.python_implementation()} {platform.python_version()}, "
           f"numpy {np.__version__}, {rounds} interleaved rounds, medians)")
     print(format_table(rows))

@@ -19,18 +19,29 @@ Chunk matrices (A3.5), for a chunk with local tokens tau = 1..n, A_tau = 1 - alp
     LA = P_A[1:, 1:], LE = P_E[1:, 1:], Kmat = LA @ LE, beta = P_A[1:, 0], m = LA @ P_E[1:, 0];
     (A17) M_tau = beta_tau M_s + m_tau S_s - sum_{i<=tau} Kmat[tau, i] theta_i u_i
     (A18) S_tau = P_E[tau, 0] S_s - sum_{i<=tau} LE[tau, i] theta_i u_i
-    each computed as one matrix product per weight: rows tau = 0..n, columns [M_s, S_s, u_1..u_n]
-    (A19) linear memory, dual form: Y = diag(beta) Q M_s + diag(m) Q S_s - 2 ((Kmat * Q K^T) diag(theta)) E
+    collected as coefficient matrices P_M and P_S (n+1, n+2): rows tau = 0..n, columns [M_s, S_s, u_1..u_n].
+Dual form ((A19) carried over to any depth): every surprise is an outer product, u_{l,i} =
+x_{l,i}^T delta_{l,i} (x_l the input of layer l and delta_l its error for key i at M_s, A11), so
+reading the per-token weights needs only inner products with x and delta. For the n read rows
+Z_l (the inputs of layer l in the reads; Z_1 = Q) and the rows (c_beta, c_m, C) of P_M the reads use:
+    A_l = diag(c_beta) Z_l W_l + diag(c_m) Z_l S_l + (C * Z_l X_l^T) Delta_l       (row tau = z_tau W_{l,tau})
+Per-token weights are never formed: a chunk costs O(n^2 (d + h) + n d h) per head instead of the
+O(n^2 d h) of materialising the n weight sets of (A17) (the same numbers up to rounding).
+(A19) linear memory, as in the paper: Y = diag(beta) Q M_s + diag(m) Q S_s - 2 ((Kmat * Q K^T) diag(theta)) E
 Backward (A4.2): the adjoints of the states inside a chunk are linear recurrences too,
-    GM_t = R_t + A_{t+1} GM_{t+1}  ->  GM = LA^T R,       GS_t = GM_t + E_{t+1} GS_{t+1}  ->  GS = LE^T GM + LE[n, :] GS_in
-(R_t: the direct gradient of M_t from the reads, plus the incoming dM at t = n), then
+    GM_t = R_t + A_{t+1} GM_{t+1}  ->  GM = LA^T R,   GS_t = GM_t + E_{t+1} GS_{t+1}  ->  GS = Kmat^T R + LE[n, :]^T dS_n
+(R_t: the direct gradient of M_t: rho_j^T g_j from the read of token j, rho_j its row of Z_l and
+g_j = dL/dA_l, plus the incoming dM_n at t = n), then
     d alpha_t = -<GM_t, M_{t-1}>,  d eta_t = <GS_t, S_{t-1}>,  d theta_t = -<GS_t, u_t>,  du_t = -theta_t GS_t,
-    dM_s = R_0 + A_1 GM_1 + sum_t ADJ(M_s, k_t, v_t; du_t),  dS_s = E_1 GS_1.
-<.,.> sums over every weight matrix of the memory. The ADJ term is the second-order part: keys and
-values reach the output only through u_t, so without it dk = dv = 0 (pitfall P1).
+    dM_s = sum_tau beta_tau R_tau + sum_t ADJ(M_s, k_t, v_t; du_t),  dS_s = sum_tau m_tau R_tau + P_E[n, 0] dS_n
+(beta_0 = 1, m_0 = 0). <.,.> sums over every weight matrix of the memory; in the dual form each is a
+sum of small products, <rho^T g, W> = rho W g^T and <rho^T g, x^T delta> = (rho . x)(g . delta), and
+ADJ takes du_t only through x_t du_t and du_t delta_t^T (mem_inner_grad_adjoint_projected). The ADJ
+term is the second-order part: keys and values reach the output only through u_t, so without it
+dk = dv = 0 (pitfall P1).
 
 Three implementations, which the tests hold equal:
-    lmm_scan_forward / lmm_scan_backward        the fast path: loop over chunks, matrices inside
+    lmm_scan_forward / lmm_scan_backward        the fast path: loop over chunks, dual form inside
     lmm_reference_forward / _backward           the definition: loop over tokens, the literal A4.2 loop
     lmm_scan_autodiff                           minimem.autodiff, inner gradient with create_graph
 chunk = 1 is exactly the sequential (token-by-token) model; chunk > 1 is a different model (P2).
@@ -44,8 +55,8 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem.memory.titans_memory import (
-    check_activation, check_memory, mem_inner_grad_adjoint, mem_inner_grad_autodiff, mem_inner_grad_forward,
-    mem_read_autodiff, mem_read_backward, mem_read_forward,
+    activation_derivatives, check_activation, check_memory, mem_inner_grad_adjoint, mem_inner_grad_adjoint_projected,
+    mem_inner_grad_autodiff, mem_inner_grad_forward, mem_read_autodiff, mem_read_backward, mem_read_forward,
 )
 
 
@@ -117,72 +128,87 @@ def _inner(Xs: Sequence[np.ndarray], Ys: Sequence[np.ndarray]) -> np.ndarray:
     return sum(np.sum(X * Y, axis=(-2, -1)) for X, Y in zip(Xs, Ys))
 
 
-def _flat(X: np.ndarray) -> np.ndarray:
-    """(B, H, n, a, b) -> (B, H, n, a b), so a (B, H, ., n) matrix mixes whole weight matrices."""
-    return X.reshape(X.shape[:3] + (-1,))
+def _T(X: np.ndarray) -> np.ndarray:
+    """Swap the last two axes."""
+    return np.swapaxes(X, -1, -2)
 
 
-# ----------------------------------------------------------------- one chunk: matrix form
+def _rowdot(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    """Row-wise dot products: (..., n, a), (..., n, a) -> (..., n)."""
+    return np.sum(X * Y, axis=-1)
+
+
+# ----------------------------------------------------------------- one chunk: dual form
 # Inside a chunk the token axis sits after (B, H): keys (B, H, n, d) share the chunk-start weights
-# (B, H, ., .) as the rows of one matrix product, and per-token weights are (B, H, n, ., .), so
-# the token-mixing matrices of (A17)-(A18) act on contiguous (B, H, n, |W|) blocks by BLAS.
+# (B, H, ., .) as the rows of one matrix product, and the (B, H, n, n) token-mixing matrices of
+# (A17)-(A18) act on (B, H, n, .) rows of layer inputs x and errors delta, never on weights.
 class ChunkCache(NamedTuple):
     M_s: tuple           # chunk-start weights, L arrays (B, H, ., .)
+    S_s: tuple           # chunk-start momentum, likewise
     gates: tuple         # alpha, eta, theta (B, H, n)
-    us: tuple            # per-token surprises u_t at M_s, L arrays (B, H, n, ., .)
-    inner: object        # InnerGradCache of the surprises
-    LA: np.ndarray       # (B, H, n, n)
-    LE: np.ndarray       # (B, H, n, n)
-    Ms: tuple            # M_0 = M_s, M_1 .. M_n, L arrays (B, H, n+1, ., .)
-    Ss: tuple            # S_0 = S_s, S_1 .. S_n (only S_0, S_n when computed without all_momenta)
-    read: object         # ReadCache of the n reads
+    inner: object        # InnerGradCache of the surprises at M_s (x_l = zs[l-1], delta_l = deltas[l-1])
+    PA: np.ndarray       # (B, H, n+1, n+1) decay products of A = 1 - alpha
+    PE: np.ndarray       # (B, H, n+1, n+1) decay products of E = eta
+    K0: np.ndarray       # (B, H, n+1, n) Kmat with a zero row 0 on top (the chunk start)
+    P_M: np.ndarray      # (B, H, n+1, n+2) (A17): M_tau = P_M[tau] . [M_s, S_s, u_1..u_n]
+    P_S: np.ndarray      # (B, H, n+1, n+2) (A18)
+    rows: list           # Z_1 = q, Z_2 .. Z_L: the read inputs of every layer (B, H, n, .)
+    d1: list             # phi'(A_l) of the reads, l = 1 .. L-1
     read_after_write: bool
 
 
-def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", read_after_write: bool = True,
-                      all_momenta: bool = True):
-    """One chunk of the chunked LMM, eqs. (A16), (A17)-(A18), (A15), in matrix form.
+def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", read_after_write: bool = True):
+    """One chunk of the chunked LMM, eqs. (A16), (A17)-(A18), (A15), in dual form (module docstring).
 
     Args:
         M_s, S_s: chunk-start memory and momentum, tuples of L arrays (B, H, n_{l-1}, n_l).
         q, k, v: (n, B, H, d) the chunk's queries, keys and values; alpha, eta, theta: (n, B, H).
-        all_momenta: compute every S_tau (the backward needs them); False computes only S_n.
     Returns:
         y (n, B, H, d), the chunk-end state (M_n, S_n), and the cache for lmm_chunk_backward.
     """
     q, k, v = (np.moveaxis(x, 0, 2) for x in (q, k, v))          # (B, H, n, d)
     alpha, eta, theta = (np.moveaxis(g, 0, -1) for g in (alpha, eta, theta))   # (B, H, n)
     B, H, n = alpha.shape
-    us, _, inner = mem_inner_grad_forward(M_s, k, v, phi)        # (A16): every u_t at M_s, (B, H, n, ., .)
+    _, _, inner = mem_inner_grad_forward(M_s, k, v, phi, per_token=False)   # (A16): u_i = x_i^T delta_i at M_s
+    xs, deltas = inner.zs[:-1], inner.deltas                     # L arrays (B, H, n, n_{l-1}), (B, H, n, n_l)
     PA, PE = decay_products(1.0 - alpha), decay_products(eta)    # (B, H, n+1, n+1)
     LA, LE = PA[..., 1:, 1:], PE[..., 1:, 1:]                    # (B, H, n, n)
-    # (A17) and (A18) as one product each: rows M_0..M_n (S_0..S_n), columns [M_s, S_s, u_1..u_n]
+    Kmat = LA @ LE
+    # (A17) and (A18) as coefficients: rows M_0..M_n (S_0..S_n), columns [M_s, S_s, u_1..u_n]
     P_M = np.zeros((B, H, n + 1, n + 2), dtype=alpha.dtype)
     P_M[..., 0, 0] = 1.0
     P_M[..., 1:, 0] = PA[..., 1:, 0]                             # beta_tau
     P_M[..., 1:, 1] = (LA @ PE[..., 1:, 0:1])[..., 0]            # m_tau = LA @ exp(cE)
-    P_M[..., 1:, 2:] = -(LA @ LE) * theta[..., None, :]          # -Kmat[tau, i] theta_i
+    P_M[..., 1:, 2:] = -Kmat * theta[..., None, :]               # -Kmat[tau, i] theta_i
     P_S = np.zeros((B, H, n + 1, n + 2), dtype=alpha.dtype)
     P_S[..., 0, 1] = 1.0
     P_S[..., 1:, 1] = PE[..., 1:, 0]                             # exp(cE_tau)
     P_S[..., 1:, 2:] = -LE * theta[..., None, :]                 # -LE[tau, i] theta_i
-    if not all_momenta:
-        P_S = P_S[..., [0, n], :]                                # S_s and S_n only
-    Ms, Ss = [], []
-    for M0, S0, u in zip(M_s, S_s, us):
-        X = _flat(np.concatenate([M0[:, :, None], S0[:, :, None], u], axis=2))   # (B, H, n+2, |W|)
-        Ms.append((P_M @ X).reshape((B, H, n + 1) + M0.shape[2:]))              # (A17)
-        Ss.append((P_S @ X).reshape((B, H, -1) + M0.shape[2:]))                 # (A18)
-    read_weights = tuple(M[:, :, 1:] if read_after_write else M[:, :, :-1] for M in Ms)
-    y, read = mem_read_forward(read_weights, q, phi)             # (A15), one weight set per token
-    cache = ChunkCache(tuple(M_s), (alpha, eta, theta), us, inner, LA, LE, tuple(Ms), tuple(Ss), read,
+    read = P_M[..., 1:, :] if read_after_write else P_M[..., :-1, :]    # token tau reads M_tau or M_{tau-1}
+    c_beta, c_m, C = read[..., 0:1], read[..., 1:2], read[..., 2:]
+    rows, d1 = [], []
+    z = q
+    for l, (W, S, x, delta) in enumerate(zip(M_s, S_s, xs, deltas)):   # (A15) with per-token weights
+        rows.append(z)
+        a = c_beta * (z @ W) + c_m * (z @ S) + (C * (z @ _T(x))) @ delta   # (B, H, n, n_l)
+        if l < len(M_s) - 1:
+            z, dphi, _ = activation_derivatives(a, phi)
+            d1.append(dphi)
+        else:
+            z = a                                                # identity on the last layer
+    M_n = tuple(P_M[..., n, 0, None, None] * W + P_M[..., n, 1, None, None] * S + _T(x) @ (P_M[..., n, 2:, None] * delta)
+                for W, S, x, delta in zip(M_s, S_s, xs, deltas))                          # (A17) at tau = n
+    S_n = tuple(P_S[..., n, 1, None, None] * S + _T(x) @ (P_S[..., n, 2:, None] * delta)
+                for S, x, delta in zip(S_s, xs, deltas))                                  # (A18) at tau = n
+    K0 = np.concatenate([np.zeros((B, H, 1, n), dtype=Kmat.dtype), Kmat], axis=2)
+    cache = ChunkCache(tuple(M_s), tuple(S_s), (alpha, eta, theta), inner, PA, PE, K0, P_M, P_S, rows, d1,
                        read_after_write)
-    return np.moveaxis(y, 2, 0), (tuple(M[:, :, -1] for M in Ms), tuple(S[:, :, -1] for S in Ss)), cache
+    return np.moveaxis(z, 2, 0), (M_n, S_n), cache
 
 
 def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndarray],
                        dS_n: Sequence[np.ndarray], second_order: bool = True):
-    """Adjoint of lmm_chunk_forward (A4.2, the token loop solved in matrix form; see the module
+    """Adjoint of lmm_chunk_forward (A4.2, the token loop solved in dual form; see the module
     docstring). dy (n, B, H, d) is the reads' gradient; dM_n, dS_n the gradients of the chunk-end
     state arriving from later chunks (carried). second_order=False drops the ADJ term: wrong on
     purpose, for demonstrating pitfall P1 only.
@@ -190,30 +216,61 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     Returns:
         dq, dk, dv (n, B, H, d); dalpha, deta, dtheta (n, B, H); dM_s, dS_s (tuples like M_s).
     """
-    alpha, eta, theta = cache.gates                              # (B, H, n)
+    M_s, S_s, (alpha, eta, theta), inner = cache.M_s, cache.S_s, cache.gates, cache.inner
+    PA, PE, K0, P_M, P_S = cache.PA, cache.PE, cache.K0, cache.P_M, cache.P_S
     B, H, n = alpha.shape
-    dq, dM_read = mem_read_backward(np.moveaxis(dy, 0, 2), cache.read)   # per-token (B, H, n, ., .)
-    GMs, GSs, dM_s, dS_s = [], [], [], []
-    for l, dR in enumerate(dM_read):
-        shape = cache.Ms[l].shape
-        R = np.zeros(shape[:3] + (dR[0, 0, 0].size,), dtype=dR.dtype)  # direct gradient of M_0 .. M_n
-        if cache.read_after_write:
-            R[:, :, 1:] += _flat(dR)                             # token tau read M_tau
-        else:
-            R[:, :, :-1] += _flat(dR)                            # token tau read M_{tau-1}
-        R[:, :, n] += dM_n[l].reshape(B, H, -1)
-        GM = np.swapaxes(cache.LA, -1, -2) @ R[:, :, 1:]         # GM_t = sum_{tau>=t} LA[tau, t] R_tau
-        GS = np.swapaxes(cache.LE, -1, -2) @ GM + cache.LE[..., n - 1, :, None] * dS_n[l].reshape(B, H, 1, -1)
-        GMs.append(GM.reshape(shape[:2] + (n,) + shape[3:]))     # (B, H, n, ., .)
-        GSs.append(GS.reshape(shape[:2] + (n,) + shape[3:]))
-        dM_s.append((R[:, :, 0] + (1.0 - alpha[..., 0:1]) * GM[:, :, 0]).reshape(dM_n[l].shape))   # M_1 = A_1 M_s + S_1
-        dS_s.append((eta[..., 0:1] * GS[:, :, 0]).reshape(dS_n[l].shape))                          # S_1 = E_1 S_s - ...
-    dalpha = -_inner(GMs, [M[:, :, :-1] for M in cache.Ms])     # (B, H, n)
-    deta = _inner(GSs, [S[:, :, :-1] for S in cache.Ss])
-    dtheta = -_inner(GSs, cache.us)
-    dus = tuple(-theta[..., None, None] * GS for GS in GSs)
+    L = len(M_s)
+    xs, deltas = inner.zs[:-1], inner.deltas
+    reads = slice(1, n + 1) if cache.read_after_write else slice(0, n)   # the state index each token reads
+    c_beta, c_m, C = P_M[..., reads, 0:1], P_M[..., reads, 1:2], P_M[..., reads, 2:]
+    # 1. back through the reads: the read of token j gives M's layer l the gradient rho_j^T g_j
+    gs = [None] * L                                              # g_l = dL/dA_l (B, H, n, n_l)
+    da = np.moveaxis(dy, 0, 2)
+    for l in reversed(range(L)):
+        gs[l] = da
+        dz = c_beta * (da @ _T(M_s[l])) + c_m * (da @ _T(S_s[l])) + (C * (da @ _T(deltas[l]))) @ xs[l]
+        if l > 0:
+            da = dz * cache.d1[l - 1]
+    dq = dz
+    # 2. inner products with the columns [M_s, S_s, u_1..u_n] of (A17)-(A18), summed over the layers:
+    #    Z[j] for the read gradient of token j, z_M for dM_n, z_S for dS_n
+    Z = np.zeros((B, H, n, n + 2), dtype=dq.dtype)
+    z_M = np.zeros((B, H, n + 2), dtype=dq.dtype)
+    z_S = np.zeros((B, H, n + 2), dtype=dq.dtype)
+    for l in range(L):
+        rho, g, x, delta = cache.rows[l], gs[l], xs[l], deltas[l]
+        Z[..., 0] += _rowdot(rho @ M_s[l], g)                    # rho W g^T
+        Z[..., 1] += _rowdot(rho @ S_s[l], g)
+        Z[..., 2:] += (rho @ _T(x)) * (g @ _T(delta))            # (rho_j . x_i)(g_j . delta_i)
+        for z, G in ((z_M, dM_n[l]), (z_S, dS_n[l])):
+            z[..., 0] += np.sum(G * M_s[l], axis=(-2, -1))
+            z[..., 1] += np.sum(G * S_s[l], axis=(-2, -1))
+            z[..., 2:] += _rowdot(x @ G, delta)                  # x_i G delta_i^T
+    # 3. GM_t = sum_j PA[s_j, t] R_j + PA[n, t] dM_n,  GS_t = sum_j K0[s_j, t] R_j + K0[n, t] dM_n + PE[n, t] dS_n
+    GA = _T(PA[..., reads, 1:])                                  # (B, H, n, n): [t, j] = PA[s_j, t]
+    GK = _T(K0[..., reads, :])                                   # [t, j] = Kmat[s_j, t]
+    PA_n, K_n, PE_n = PA[..., n, 1:], K0[..., n, :], PE[..., n, 1:]   # (B, H, n)
+    M_prev, S_prev = P_M[..., :-1, :], P_S[..., :-1, :]          # coefficients of M_{t-1}, S_{t-1}
+    dalpha = -(_rowdot(GA @ Z, M_prev) + PA_n * _rowdot(M_prev, z_M[..., None, :]))    # -<GM_t, M_{t-1}>
+    deta = (_rowdot(GK @ Z, S_prev) + K_n * _rowdot(S_prev, z_M[..., None, :])
+            + PE_n * _rowdot(S_prev, z_S[..., None, :]))                                  # <GS_t, S_{t-1}>
+    # 4. du_t = -theta_t GS_t, which ADJ needs only as x_t du_t and du_t delta_t^T
+    dtheta = np.zeros_like(alpha)
+    x_du, du_delta = [], []
+    for l in range(L):
+        rho, g, x, delta = cache.rows[l], gs[l], xs[l], deltas[l]
+        x_GS = (GK * (x @ _T(rho))) @ g + K_n[..., None] * (x @ dM_n[l]) + PE_n[..., None] * (x @ dS_n[l])
+        GS_delta = ((GK * (delta @ _T(g))) @ rho + K_n[..., None] * (delta @ _T(dM_n[l]))
+                    + PE_n[..., None] * (delta @ _T(dS_n[l])))
+        dtheta -= _rowdot(x_GS, delta)                           # -<GS_t, x_t^T delta_t>
+        x_du.append(-theta[..., None] * x_GS)
+        du_delta.append(-theta[..., None] * GS_delta)
+    # 5. the chunk-start state: every M_tau holds beta_tau M_s + m_tau S_s, every S_tau P_E[tau, 0] S_s
+    dM_s = [_T(cache.rows[l]) @ (c_beta * gs[l]) + P_M[..., n, 0, None, None] * dM_n[l] for l in range(L)]
+    dS_s = [_T(cache.rows[l]) @ (c_m * gs[l]) + P_M[..., n, 1, None, None] * dM_n[l]
+            + P_S[..., n, 1, None, None] * dS_n[l] for l in range(L)]
     if second_order:                                             # u_t = grad l(M_s; k_t, v_t): ADJ
-        dM_inner, dk, dv = mem_inner_grad_adjoint(dus, cache.inner)
+        dM_inner, dk, dv = mem_inner_grad_adjoint_projected(x_du, du_delta, inner)
         dM_s = [a + b for a, b in zip(dM_s, dM_inner)]
     else:
         dk, dv = np.zeros_like(dq), np.zeros_like(dq)
@@ -226,10 +283,15 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
 # ----------------------------------------------------------------- the sequence: loop over chunks
 class ScanCache(NamedTuple):
     inputs: tuple        # q, k, v (T, B, H, d), alpha, eta, theta (T, B, H)
-    starts: tuple        # (M_s, S_s) at the start of every chunk (checkpoints)
+    chunks: tuple        # ChunkCache of every chunk (its start state included)
     chunk: int
     phi: str
     read_after_write: bool
+
+    @property
+    def starts(self) -> tuple:
+        """(M_s, S_s) at the start of every chunk."""
+        return tuple((c.M_s, c.S_s) for c in self.chunks)
 
 
 def lmm_scan_forward(M0, S0, q, k, v, alpha, eta, theta, chunk: int = 1, phi: str = "silu",
@@ -243,26 +305,26 @@ def lmm_scan_forward(M0, S0, q, k, v, alpha, eta, theta, chunk: int = 1, phi: st
         chunk: chunk size b >= 1. phi: memory activation. read_after_write: y_t = M_t(q_t) if True,
             M_{t-1}(q_t) if False.
     Returns:
-        y (T, B, H, d), the final state (M_T, S_T), and the cache for lmm_scan_backward, which
-        keeps only the chunk-start states (memory O((T/b + b) |M|); chunks are recomputed).
+        y (T, B, H, d), the final state (M_T, S_T), and the cache for lmm_scan_backward: every
+        chunk's start state and dual-form cache, O((T/b) |M| + T (d + h + b)) numbers per head.
     """
     check_activation(phi)
     check_scan_inputs(M0, S0, q, k, v, alpha, eta, theta, chunk)
     T = q.shape[0]
     y = np.empty(q.shape, dtype=np.result_type(q, M0[0]))
     M, S = tuple(M0), tuple(S0)
-    starts = []
+    chunks = []
     for s in range(0, T, chunk):
         e = min(s + chunk, T)
-        starts.append((M, S))
-        y[s:e], (M, S), _ = lmm_chunk_forward(M, S, q[s:e], k[s:e], v[s:e], alpha[s:e], eta[s:e],
-                                              theta[s:e], phi, read_after_write, all_momenta=False)
-    cache = ScanCache((q, k, v, alpha, eta, theta), tuple(starts), int(chunk), phi, read_after_write)
+        y[s:e], (M, S), chunk_cache = lmm_chunk_forward(M, S, q[s:e], k[s:e], v[s:e], alpha[s:e], eta[s:e],
+                                                        theta[s:e], phi, read_after_write)
+        chunks.append(chunk_cache)
+    cache = ScanCache((q, k, v, alpha, eta, theta), tuple(chunks), int(chunk), phi, read_after_write)
     return y, (M, S), cache
 
 
 def lmm_scan_backward(dy: np.ndarray, cache: ScanCache, dstate: tuple | None = None, second_order: bool = True):
-    """Adjoint of lmm_scan_forward: chunks last to first, each recomputed from its start state.
+    """Adjoint of lmm_scan_forward: chunks last to first, the state's gradient carried.
 
     Args:
         dy: (T, B, H, d) the gradient of the reads.
@@ -277,18 +339,14 @@ def lmm_scan_backward(dy: np.ndarray, cache: ScanCache, dstate: tuple | None = N
     T = q.shape[0]
     dq, dk, dv = np.empty_like(dy), np.empty_like(dy), np.empty_like(dy)
     dalpha, deta, dtheta = (np.empty(alpha.shape, dtype=dy.dtype) for _ in range(3))
-    M_end = cache.starts[0][0]
-    GM = tuple(np.zeros_like(M) for M in M_end) if dstate is None else tuple(dstate[0])
-    GS = tuple(np.zeros_like(M) for M in M_end) if dstate is None else tuple(dstate[1])
-    for c in reversed(range(len(cache.starts))):
+    M_start = cache.chunks[0].M_s
+    GM = tuple(np.zeros(M.shape, dtype=dy.dtype) for M in M_start) if dstate is None else tuple(dstate[0])
+    GS = tuple(np.zeros(M.shape, dtype=dy.dtype) for M in M_start) if dstate is None else tuple(dstate[1])
+    for c in reversed(range(len(cache.chunks))):
         s, e = c * cache.chunk, min((c + 1) * cache.chunk, T)
-        M_s, S_s = cache.starts[c]
-        _, _, chunk_cache = lmm_chunk_forward(M_s, S_s, q[s:e], k[s:e], v[s:e], alpha[s:e], eta[s:e],
-                                              theta[s:e], cache.phi, cache.read_after_write)
         (dq[s:e], dk[s:e], dv[s:e], dalpha[s:e], deta[s:e], dtheta[s:e], GM, GS) = lmm_chunk_backward(
-            dy[s:e], chunk_cache, GM, GS, second_order)
+            dy[s:e], cache.chunks[c], GM, GS, second_order)
     return (dq, dk, dv), (dalpha, deta, dtheta), (GM, GS)
-
 
 # ----------------------------------------------------------------- the definition: loop over tokens
 class ReferenceStep(NamedTuple):

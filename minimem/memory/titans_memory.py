@@ -20,7 +20,9 @@ Equations (paper numbering, row-vector form):
                 grad_{W_l} l = z_{l-1}^T delta_l     one outer product per token (never summed here)
     ADJ (A4.2, the general L-layer recipe of B4 in row-major layout with c = 1): given upstream
                 G_l = dL/d(grad_{W_l} l), the gradients of <G, grad l> with respect to the weights
-                (the Hessian-vector product), the key and the value.
+                (the Hessian-vector product), the key and the value. G_l acts only through
+                z_{l-1} G_l and G_l delta_l^T (u_l is an outer product), so
+                mem_inner_grad_adjoint_projected takes just those two vectors per token.
 Activations phi: "silu" (the minimem default), "tanh". Exact GELU (lucidrains) needs erf, which
 minimem.autodiff does not have, so it is not offered.
 """
@@ -185,7 +187,8 @@ class InnerGradCache(NamedTuple):
     e: np.ndarray        # (..., d) residual M(k) - v
 
 
-def mem_inner_grad_forward(Ws: Sequence[np.ndarray], k: np.ndarray, v: np.ndarray, phi: str = "silu"):
+def mem_inner_grad_forward(Ws: Sequence[np.ndarray], k: np.ndarray, v: np.ndarray, phi: str = "silu",
+                           per_token: bool = True):
     """Momentary surprise, eqs. (A8)-(A11): u_l = grad_{W_l} ||M(k) - v||^2, one per token.
 
     Args:
@@ -193,6 +196,8 @@ def mem_inner_grad_forward(Ws: Sequence[np.ndarray], k: np.ndarray, v: np.ndarra
         k: keys (..., d), one token per weight set, or (..., n, d), n tokens sharing the weights;
             v: values, the same shape.
         phi: hidden activation.
+        per_token: build the outer products u_l; False returns None for them and only the cache,
+            whose factors give u_l = zs[l-1]^T deltas[l-1] (the chunked form's dual path needs no more).
     Returns:
         (u_1, ..., u_L), u_l (..., n_{l-1}, n_l) or (..., n, n_{l-1}, n_l): one gradient per token,
         never summed (the chunked form needs them one by one, A3.3); the loss per token; the cache.
@@ -217,7 +222,7 @@ def mem_inner_grad_forward(Ws: Sequence[np.ndarray], k: np.ndarray, v: np.ndarra
     for l in reversed(range(L - 1)):
         ps[l] = _times_T(deltas[l + 1], Ws[l + 1])               # (..., n_l)  dz of (A11)
         deltas[l] = ps[l] * d1[l]                                # da of (A11)
-    us = tuple(_per_row_outer(zs[l], deltas[l]) for l in range(L))    # z_{l-1}^T delta_l per token
+    us = tuple(_per_row_outer(zs[l], deltas[l]) for l in range(L)) if per_token else None   # z_{l-1}^T delta_l
     loss = np.sum(e * e, axis=-1)
     return us, loss, InnerGradCache(Ws, v, zs, d1, d2, deltas, ps, e)
 
@@ -232,6 +237,23 @@ def mem_inner_grad_adjoint(dus: Sequence[np.ndarray], cache: InnerGradCache):
         (dW_1, ..., dW_L) shaped like the weights (summed over the tokens sharing them: the
         Hessian-vector products), dk and dv shaped like k and v (the mixed second derivatives).
     """
+    zs, deltas = cache.zs, cache.deltas
+    zG = [(zs[l][..., None, :] @ G)[..., 0, :] for l, G in enumerate(dus)]     # z_{l-1} G_l   (..., n_l)
+    Gdelta = [(G @ deltas[l][..., :, None])[..., 0] for l, G in enumerate(dus)]  # G_l delta_l^T (..., n_{l-1})
+    return mem_inner_grad_adjoint_projected(zG, Gdelta, cache)
+
+
+def mem_inner_grad_adjoint_projected(zG: Sequence[np.ndarray], Gdelta: Sequence[np.ndarray], cache: InnerGradCache):
+    """mem_inner_grad_adjoint given only the two projections of each G_l through which it acts:
+    u_l = z_{l-1}^T delta_l, so <G_l, u_l> depends on delta_l through z_{l-1} G_l and on z_{l-1}
+    through G_l delta_l^T. The chunked LMM computes these projections without ever forming G_l.
+
+    Args:
+        zG: (z_0 G_1, ..., z_{L-1} G_L), each (..., n_l) (per token: the rows of the cache's zs).
+        Gdelta: (G_1 delta_1^T, ..., G_L delta_L^T), each (..., n_{l-1}).
+    Returns:
+        the same as mem_inner_grad_adjoint.
+    """
     Ws, v, zs, d1, d2, deltas, ps, e = cache
     L = len(Ws)
     dWs = [np.zeros(W.shape, dtype=e.dtype) for W in Ws]
@@ -240,9 +262,8 @@ def mem_inner_grad_adjoint(dus: Sequence[np.ndarray], cache: InnerGradCache):
     ddeltas = [0.0] * (L + 1)
     dv = None
     for l in range(1, L + 1):              # increasing: delta_l depends on delta_{l+1}
-        G = dus[l - 1]
-        ddeltas[l] = ddeltas[l] + (zs[l - 1][..., None, :] @ G)[..., 0, :]    # u_l = z_{l-1}^T delta_l
-        dzs[l - 1] = dzs[l - 1] + (G @ deltas[l - 1][..., :, None])[..., 0]
+        ddeltas[l] = ddeltas[l] + zG[l - 1]                      # u_l = z_{l-1}^T delta_l
+        dzs[l - 1] = dzs[l - 1] + Gdelta[l - 1]
         if l < L:                           # delta_l = p_l * phi'(a_l), p_l = delta_{l+1} W_{l+1}^T
             dp = ddeltas[l] * d1[l - 1]
             das[l] = das[l] + ddeltas[l] * ps[l - 1] * d2[l - 1]
