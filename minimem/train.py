@@ -26,11 +26,16 @@ One step:
     3. outputs, cache = model.forward(inputs); loss, doutputs = loss_fn(outputs, targets)
     4. grads = model.backward(doutputs, cache); clipped to global norm config.clip (if not None)
     5. optimizer.step(grads)
+    6. after_step(model, cache, step)                         (if given; e.g. a memory consolidation
+       that runs between optimiser steps on detached values, such as VSM's U1-U3)
 
 A nan/inf loss or gradient raises TrainingDiverged naming the step (nothing is saved; the last
 periodic checkpoint on disk is kept). Checkpoints (minimem.checkpoint) hold the params, the
 optimiser state (its own names, e.g. "adam.m.<name>") and the loop state under "train.":
 train.step, train.losses, train.metrics, train.grad_norms, train.eval.step, train.eval.<name>.
+A model with non-parameter state (callable model.state_dict() -> dict of arrays and
+model.load_state_dict(arrays), e.g. VSM's semantic memory) has it saved under "model.<name>" and
+restored on resume, so a resumed run stays bit-identical.
 """
 
 from __future__ import annotations
@@ -141,6 +146,8 @@ def _model_config(model: Any) -> Any:
 
 def _save(path: str, model: Any, optimizer: Any, config: TrainConfig, result: TrainResult) -> None:
     extra = dict(optimizer.state_dict())
+    if callable(getattr(model, "state_dict", None)):
+        extra.update({f"model.{k}": np.asarray(v) for k, v in model.state_dict().items()})
     extra["train.step"] = np.array(result.step, dtype=np.int64)
     extra["train.losses"] = np.array(result.losses, dtype=np.float64)
     extra["train.metrics"] = np.array(result.metrics, dtype=np.float64)
@@ -165,7 +172,12 @@ def _restore(path: str, model: Any, optimizer: Any, config: TrainConfig,
     step = int(extra["train.step"])
     if step > config.steps:
         raise ValueError(f"checkpoint {path} is at step {step}, beyond config.steps={config.steps}")
-    optimizer.load_state_dict({k: v for k, v in extra.items() if not k.startswith("train.")})
+    model_state = {k[len("model."):]: v for k, v in extra.items() if k.startswith("model.")}
+    if model_state and not callable(getattr(model, "load_state_dict", None)):
+        raise ValueError(f"{path} holds model state ({', '.join(model_state)}) but the model has no load_state_dict")
+    optimizer.load_state_dict({k: v for k, v in extra.items() if not k.startswith(("train.", "model."))})
+    if model_state:
+        model.load_state_dict(model_state)
     for name, value in params.items():
         np.copyto(model.params[name], value)                 # in place: references stay valid
     result.step = step
@@ -196,7 +208,8 @@ def train(model: Any, optimizer: Any, batch_fn: Callable[[np.random.Generator, i
           lr_schedule: Callable[[int], float] | None = None,
           log: Callable[[str], None] | None = print,
           metric_name: str = "metric",
-          resume: bool = False) -> TrainResult:
+          resume: bool = False,
+          after_step: Callable[[Any, Any, int], None] | None = None) -> TrainResult:
     """Train `model` for config.steps updates (see the module docstring for the protocol).
 
     Args:
@@ -208,7 +221,10 @@ def train(model: Any, optimizer: Any, batch_fn: Callable[[np.random.Generator, i
             with loss and metric averaged over the steps since the previous line.
         metric_name: label of metric_fn's value in progress lines.
         resume: if config.checkpoint_path exists, continue from it (params, optimiser state,
-            step and histories); otherwise start from step 0.
+            model state, step and histories); otherwise start from step 0.
+        after_step: called as after_step(model, cache, step) right after each optimiser step,
+            with the cache of that step's forward; for updates outside the gradient path, e.g.
+            `lambda model, cache, step: model.consolidate(cache)` for VSM.
     Returns:
         TrainResult. On Ctrl-C (KeyboardInterrupt) the run stops cleanly: a checkpoint of the
         last completed step is written (when checkpoint_path is set) and the result has
@@ -291,6 +307,8 @@ def train(model: Any, optimizer: Any, batch_fn: Callable[[np.random.Generator, i
             # not saved. The histories and step counter move together with the params.
             updating = True
             optimizer.step(grads)
+            if after_step is not None:
+                after_step(model, cache, step)
             result.losses.append(loss)
             if metric is not None:
                 result.metrics.append(metric)

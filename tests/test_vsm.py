@@ -14,7 +14,9 @@ from gradcheck.core import assert_grads_close, check_model, numeric_vjp
 from minimem import autodiff as ad
 from minimem.checkpoint import load_checkpoint, save_checkpoint
 from minimem.memory.vma_bound import logsumexp
-from minimem.memory.vsm import VSM, VSMConfig, VSMInputs
+from minimem.memory.vsm import VSM, VSMConfig, VSMInputs, VSMVAE
+from minimem.optim import Adam
+from minimem.train import TrainConfig, train
 from minimem.memory.vsm_memory import (
     SemanticState, concept_term_backward, concept_term_forward, consolidate, gaussian_kl_autodiff,
     gaussian_kl_backward, gaussian_kl_forward, masked_softmax_backward, masked_softmax_forward,
@@ -292,7 +294,8 @@ def test_case_passes_full_gradcheck_with_both_engines(name):
     case = {c.name: c for c in all_cases("vsm")}[name]
     result = check_model(case)
     assert result.ok, [(r.engine, r.tensor, r.verdict, r.max_rel) for r in result.rows if not r.ok]
-    assert {"vsm.hvae.mixed", "vsm.hvae.zero_shot", "vsm.hvae.state_as_input"} <= set(CASES)
+    assert {"vsm.hvae.mixed", "vsm.hvae.zero_shot", "vsm.hvae.state_as_input", "vsm.vae.mixed",
+            "vsm.vae.zero_shot", "vsm.vae.state_as_input"} <= set(CASES)
 
 
 def test_engines_agree_on_a_larger_batch():
@@ -357,3 +360,153 @@ def test_invalid_config_and_backward_raise():
         model.backward(np.ones(2), cache)
     with pytest.raises(ValueError, match="VSMInputs"):
         model.forward(tuple(tasks))
+
+
+# ----------------------------------------------------------------- the VSM-VAE plug-in (C.3)
+def vae_and_tasks(seed=0, n_c=(2, 0, 3), Ne=3, n_t=3, **options):
+    rng = np.random.default_rng(seed)
+    return small_vsm(rng, variant="vae", **options), small_tasks(rng, list(n_c), Ne=Ne, n_t=n_t, variant="vae")
+
+
+def test_vae_variant_is_a_configuration_of_vsm():
+    model, _ = vae_and_tasks(40)
+    assert isinstance(model, VSMVAE) and isinstance(model, VSM)
+    assert type(VSM(VSMConfig(X=12))) is VSM
+    assert "pz.Wm" not in model.params and "dec.Wz" not in model.params and model.params["att.Wq"].shape == (3, 4)
+    with pytest.raises(ValueError, match="variant"):
+        VSMConfig(X=12, variant="ladder")
+    with pytest.raises(ValueError, match="variant='vae'"):
+        VSMVAE(VSMConfig(X=12))
+
+
+def test_vae_scores_each_target_on_its_own():
+    # no shared task latent: the bound of n_t targets is the sum of the single-target bounds
+    model, tasks = vae_and_tasks(41)
+    L, _ = model.forward(tasks)
+    singles = sum(model.forward(tasks._replace(targets=tasks.targets[:, i:i + 1], eps_c=tasks.eps_c[:, i:i + 1]))[0]
+                  for i in range(3))
+    np.testing.assert_allclose(L, singles, atol=1e-12, rtol=0)
+    hvae, htasks = model_and_tasks(41)                                          # the hierarchical one is not separable
+    split = sum(hvae.forward(htasks._replace(targets=htasks.targets[:, i:i + 1], eps_z=htasks.eps_z[:, i:i + 1]))[0]
+                for i in range(2))
+    assert np.max(np.abs(hvae.forward(htasks)[0] - split)) > 1e-3
+
+
+def test_vae_engines_agree_on_a_larger_batch():
+    model, tasks = vae_and_tasks(42, n_c=(0, 1, 2, 3, 4, 5), Ne=5, n_t=2)
+    dL = np.random.default_rng(43).standard_normal(6)
+    manual = model.backward(dL, model.forward(tasks)[1])
+    tparams = {k: ad.Tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+    (model.forward_autodiff(tparams, tasks) * dL).sum().backward()
+    for name in manual:
+        np.testing.assert_allclose(manual[name], tparams[name].grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["hvae", "vae"])
+def test_no_episodic_read_reads_nothing(variant):
+    rng = np.random.default_rng(44)
+    model = small_vsm(rng, variant=variant, episodic_read=False)
+    tasks = small_tasks(rng, [2, 3], variant=variant)
+    _, cache = model.forward(tasks)
+    grads = model.backward(np.ones(2), cache)
+    for value in (cache.beta, cache.r, cache.t, grads["att.Wq"], grads["att.Wk"], grads["dec.skip"]):
+        np.testing.assert_array_equal(value, 0.0)
+    assert np.any(grads["cue.Wm"] != 0)                                        # the cue still informs the recall
+
+
+def test_vae_importance_weighted_bound_ordering():
+    rng = np.random.default_rng(45)
+    model = small_vsm(rng, scale=0.5, variant="vae")
+    B, n_t = 200, 2
+    tasks = small_tasks(rng, rng.integers(0, 4, B), n_t=n_t, variant="vae")
+    bounds = {}
+    for S in (1, 10, 50):
+        noisy = tasks._replace(eps_c=rng.standard_normal((S, B, n_t, 3)))
+        bounds[S] = logsumexp(model.log_weights(noisy), axis=0) - math.log(S)
+    se = lambda d: d.std(ddof=1) / math.sqrt(len(d))
+    for low, high in ((1, 10), (10, 50)):
+        diff = bounds[high] - bounds[low]
+        assert diff.mean() >= -3 * se(diff)
+    assert bounds[50].mean() > bounds[1].mean()
+    np.testing.assert_allclose(model.nll(noisy), -bounds[50] / n_t, atol=1e-12)
+    # with one slot the concept term is exact in expectation: E[log w_1] = L (C.9.9)
+    model.state = model.state._replace(mu=model.state.mu[:1], lam=model.state.lam[:1], count=model.state.count[:1])
+    L = model.forward(tasks)[0]
+    draws = np.stack([model.log_weights(tasks._replace(eps_c=rng.standard_normal((1, B, n_t, 3))))[0] for _ in range(4)])
+    d = (draws - L).ravel()
+    assert abs(d.mean()) <= 4 * se(d) + 1e-9
+
+
+def test_vae_consolidation_generation_and_invalid_inputs():
+    model, tasks = vae_and_tasks(46)
+    _, cache = model.forward(tasks)
+    model.consolidate(cache)
+    np.testing.assert_allclose(model.state.count, np.exp(cache.log_q_a).sum(axis=(0, 1)), atol=1e-12)
+    assert model.state.count.sum() == pytest.approx(9.0)                      # B * n_t = 9 traces
+    first = model.generate(np.random.default_rng(47), tasks.context, tasks.mask, samples=4)
+    again = model.generate(np.random.default_rng(47), tasks.context, tasks.mask, samples=4)
+    for key in first:
+        np.testing.assert_array_equal(first[key], again[key])
+    assert first["x"].shape == (3, 4, 12) and first["a"].shape == (3, 4) and first["c"].shape == (3, 4, 3)
+    with pytest.raises(ValueError, match="eps_z must be None"):
+        model.forward(tasks._replace(eps_z=np.zeros((3, 3, 3))))
+    with pytest.raises(ValueError, match=r"eps_c must have shape \(B, n_t, Zc\)"):
+        model.forward(tasks._replace(eps_c=tasks.eps_c[:, 0]))
+
+
+# ----------------------------------------------------------------- the semantic state and the training loop
+def _vsm_batch(variant):
+    def batch_fn(rng, step):
+        tasks = small_tasks(rng, rng.integers(0, 4, 4), variant=variant)
+        return tasks, None
+    return batch_fn
+
+
+def _negative_bound(L, _):
+    return -float(np.mean(L)), -np.ones_like(L) / L.size
+
+
+@pytest.mark.parametrize("variant", ["hvae", "vae"])
+def test_training_loop_consolidates_and_resumes_bit_exactly(tmp_path, variant):
+    """train(..., after_step=consolidate) updates the semantic memory after every optimiser step;
+    the training checkpoint carries it (model.sem.*), so an interrupted-and-resumed run ends with
+    params AND semantic state bit-identical to an uninterrupted one."""
+    def run(steps, path, resume=False):
+        model = small_vsm(np.random.default_rng(48), variant=variant)
+        config = TrainConfig(steps=steps, log_every=0, checkpoint_path=str(path), seed=3)
+        train(model, Adam(model.params, lr=1e-2), _vsm_batch(variant), _negative_bound, config, log=None,
+              resume=resume, after_step=lambda m, cache, step: m.consolidate(cache))
+        return model
+
+    straight = run(6, tmp_path / "a.npz")
+    start = small_vsm(np.random.default_rng(48), variant=variant)
+    assert np.all(straight.state.count > 0) and not np.array_equal(straight.state.mu, start.state.mu)
+    # (had the checkpoint lost the semantic state, steps 3-5 would start from the init state: not equal)
+    run(3, tmp_path / "b.npz")                                                 # stop after 3 steps ...
+    resumed = run(6, tmp_path / "b.npz", resume=True)                          # ... resume in a fresh model
+    for name in straight.params:
+        np.testing.assert_array_equal(resumed.params[name], straight.params[name])
+    for name, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[name], value)
+    _, _, extra = load_checkpoint(tmp_path / "a.npz")
+    np.testing.assert_array_equal(extra["model.sem.mu"], straight.state.mu)
+
+
+def test_semantic_state_checkpoint_round_trip_is_bit_exact(tmp_path):
+    for variant in ("hvae", "vae"):
+        rng = np.random.default_rng(49)
+        model = small_vsm(rng, variant=variant)
+        tasks = small_tasks(rng, [1, 2, 0], variant=variant)
+        model.consolidate(model.forward(tasks)[1])
+        save_checkpoint(tmp_path / f"{variant}.npz", model.params, extra=model.state_dict())
+        params, _, extra = load_checkpoint(tmp_path / f"{variant}.npz", expected=model.params)
+        restored = VSM(model.config, rng=np.random.default_rng(0))
+        restored.params = params
+        restored.load_state_dict(extra)
+        for name, value in model.state_dict().items():
+            np.testing.assert_array_equal(restored.state_dict()[name], value)
+            assert restored.state_dict()[name].dtype == value.dtype
+        np.testing.assert_array_equal(restored.forward(tasks)[0], model.forward(tasks)[0])
+        model.consolidate(model.forward(tasks)[1])                             # and they keep evolving alike
+        restored.consolidate(restored.forward(tasks)[1])
+        np.testing.assert_array_equal(restored.state.mu, model.state.mu)

@@ -49,7 +49,10 @@ Parameters (spec C.2):
     qz.Wx (X, H), qz.Wc (Zc, H), qz.b (H,), qz.Wm, qz.Ws (H, Z), qz.bm, qz.bs (Z,)
     att.Wq (Z + Zc, Hk) (rows for z first, then c), att.Wk (Hu, Hk)
     dec.Wz (Z, H), dec.Wc (Zc, H), dec.Wr (Hu, H), dec.b (H,), dec.Wo (H, X), dec.bo (X,), dec.skip (X,)
-Not yet implemented: the non-hierarchical "VSM-VAE" plug-in and the ablation switches of C.6.
+The non-hierarchical plug-in "VSM-VAE" (spec C.3, last paragraph) is VSMVAE below, selected by
+VSMConfig(variant="vae"); the episodic-read ablation (C.6 b) is VSMConfig(episodic_read=False).
+The other ablations of C.6 need no switch: (a) Ns = 1 with the state mu = 0, lam = lam0 and no
+consolidation; (c) never calling consolidate; (d) gamma = 1.
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ class VSMConfig:
 
     tau_r2, tau_t2: recall and conversion noise variances. gamma: forgetting factor in (0, 1].
     lam0: prior precision of a semantic slot. mean_pixel: dec.bo = logit(mean_pixel).
+    variant: "hvae" (the hierarchical plug-in VSM-HVAE: task concept c, per-target z; class VSM) or
+        "vae" (the non-hierarchical plug-in VSM-VAE: one concept c_i per target, no z; class
+        VSMVAE, also what VSM(config) returns for this variant). Z is unused by "vae".
+    episodic_read: False removes the episodic read (S12): beta = 0, so r = 0 and t = 0 (ablation
+        (b) of spec C.6; the att.* parameters then get zero gradient).
     """
     X: int
     Z: int = 8
@@ -95,6 +103,8 @@ class VSMConfig:
     lam0: float = 1.0
     mean_pixel: float = 0.1
     dtype: str = "float64"
+    variant: str = "hvae"
+    episodic_read: bool = True
 
     def __post_init__(self) -> None:
         for name in ("X", "Z", "Zc", "Hu", "H", "Hk", "Ns"):
@@ -110,6 +120,10 @@ class VSMConfig:
             raise ValueError(f"lam0 must be a finite number > 0; got {self.lam0}")
         if not 0.0 < self.mean_pixel < 1.0:
             raise ValueError(f"mean_pixel must be in (0, 1); got {self.mean_pixel}")
+        if self.variant not in ("hvae", "vae"):
+            raise ValueError(f"variant must be 'hvae' or 'vae'; got {self.variant!r}")
+        if not isinstance(self.episodic_read, bool):
+            raise ValueError(f"episodic_read must be a bool; got {self.episodic_read!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32'; got {self.dtype!r}")
 
@@ -119,16 +133,21 @@ class VSMInputs(NamedTuple):
     context: np.ndarray     # (B, Ne, X) context images; entries where mask is False are ignored
     mask: np.ndarray        # (B, Ne) bool, valid context slots (n_c = mask.sum(1), 0 allowed)
     targets: np.ndarray     # (B, n_t, X) target images, n_t >= 1
-    eps_c: np.ndarray       # (B, Zc) standard normal
-    eps_z: np.ndarray       # (B, n_t, Z) standard normal
+    eps_c: np.ndarray       # (B, Zc) standard normal; VSM-VAE: (B, n_t, Zc), one per target
+    eps_z: np.ndarray       # (B, n_t, Z) standard normal; VSM-VAE: None (no z)
 
 
 def vsm_param_shapes(config: VSMConfig) -> dict:
-    """Parameter name -> shape, in the order of model.params (module docstring)."""
+    """Parameter name -> shape, in the order of model.params (module docstring; the VSM-VAE
+    variant has no pz.*, qz.* or dec.Wz, and att.Wq is (Zc, Hk))."""
     X, Z, Zc, Hu, H, Hk = config.X, config.Z, config.Zc, config.Hu, config.H, config.Hk
     shapes = {"feat.W": (X, Hu), "feat.b": (Hu,)}
     for head in ("cue", "post"):
         shapes.update({f"{head}.Wm": (Hu, Zc), f"{head}.bm": (Zc,), f"{head}.Ws": (Hu, Zc), f"{head}.bs": (Zc,)})
+    if config.variant == "vae":
+        shapes.update({"att.Wq": (Zc, Hk), "att.Wk": (Hu, Hk), "dec.Wc": (Zc, H), "dec.Wr": (Hu, H), "dec.b": (H,),
+                       "dec.Wo": (H, X), "dec.bo": (X,), "dec.skip": (X,)})
+        return shapes
     shapes.update({"pz.Wm": (Zc, Z), "pz.bm": (Z,), "pz.Ws": (Zc, Z), "pz.bs": (Z,),
                    "qz.Wx": (X, H), "qz.Wc": (Zc, H), "qz.b": (H,), "qz.Wm": (H, Z), "qz.bm": (Z,),
                    "qz.Ws": (H, Z), "qz.bs": (Z,), "att.Wq": (Z + Zc, Hk), "att.Wk": (Hu, Hk),
@@ -192,6 +211,11 @@ class VSMCache(NamedTuple):
 class VSM:
     """The VSM-style model (reconstructed): VSMInputs -> L (B,), eq. (S15). See the module docstring."""
 
+    def __new__(cls, config: VSMConfig, rng: np.random.Generator | None = None):
+        if cls is VSM and isinstance(config, VSMConfig) and config.variant == "vae":
+            cls = VSMVAE                                   # the non-hierarchical plug-in
+        return super().__new__(cls)
+
     def __init__(self, config: VSMConfig, rng: np.random.Generator | None = None):
         if not isinstance(config, VSMConfig):
             raise ValueError(f"config must be a VSMConfig; got {type(config).__name__}")
@@ -226,6 +250,10 @@ class VSM:
         self.state = consolidate(self.state, cache.mu_c, np.exp(cache.log_var_c), np.exp(cache.log_q_a),
                                  cfg.tau_t2, cfg.gamma, cfg.lam0)
 
+    def read_mask(self, mask: np.ndarray) -> np.ndarray:
+        """The slots the episodic read (S12) may attend to: mask, or none without episodic_read."""
+        return mask if self.config.episodic_read else np.zeros_like(mask)
+
     # -- validation
     def check_inputs(self, inputs: VSMInputs):
         """Validate and cast. Returns (context with masked slots zeroed, mask, targets, eps_c, eps_z)."""
@@ -244,11 +272,19 @@ class VSM:
             raise ValueError(f"context must have shape (B, Ne, X) = ({B}, Ne, {cfg.X}); got {context.shape}")
         if mask.dtype != bool or mask.shape != context.shape[:2]:
             raise ValueError(f"mask must be a bool array of shape (B, Ne) = {context.shape[:2]}; got {mask.dtype} {mask.shape}")
-        eps_c, eps_z = np.asarray(inputs.eps_c), np.asarray(inputs.eps_z)
-        if eps_c.shape != (B, cfg.Zc):
-            raise ValueError(f"eps_c must have shape (B, Zc) = ({B}, {cfg.Zc}); got {eps_c.shape}")
-        if eps_z.shape != (B, n_t, cfg.Z):
-            raise ValueError(f"eps_z must have shape (B, n_t, Z) = ({B}, {n_t}, {cfg.Z}); got {eps_z.shape}")
+        eps_c = np.asarray(inputs.eps_c)
+        if cfg.variant == "vae":
+            if eps_c.shape != (B, n_t, cfg.Zc):
+                raise ValueError(f"eps_c must have shape (B, n_t, Zc) = ({B}, {n_t}, {cfg.Zc}) for VSM-VAE; got {eps_c.shape}")
+            if inputs.eps_z is not None:
+                raise ValueError("eps_z must be None for VSM-VAE (the model has no z)")
+            eps_z = np.zeros((B, n_t, 0), dtype=eps_c.dtype)
+        else:
+            eps_z = np.asarray(inputs.eps_z)
+            if eps_c.shape != (B, cfg.Zc):
+                raise ValueError(f"eps_c must have shape (B, Zc) = ({B}, {cfg.Zc}); got {eps_c.shape}")
+            if eps_z.shape != (B, n_t, cfg.Z):
+                raise ValueError(f"eps_z must have shape (B, n_t, Z) = ({B}, {n_t}, {cfg.Z}); got {eps_z.shape}")
         arrays = {}
         for name, value in (("targets", targets), ("context", context), ("eps_c", eps_c), ("eps_z", eps_z)):
             if value.dtype.kind not in "biuf":
@@ -300,7 +336,7 @@ class VSM:
         query, c_aq = linear_forward(zc, p["att.Wq"])                               # (B, n_t, Hk) (S12)
         keys, c_ak = linear_forward(u_C, p["att.Wk"])                               # (B, Ne, Hk)
         scores = np.einsum("bih,bjh->bij", query, keys) / math.sqrt(cfg.Hk)         # (B, n_t, Ne)
-        beta, _ = masked_softmax_forward(scores, mask[:, None, :])
+        beta, _ = masked_softmax_forward(scores, self.read_mask(mask)[:, None, :])
         r = np.einsum("bij,bjh->bih", beta, u_C)                                    # (B, n_t, Hu)
         t = np.einsum("bij,bjx->bix", beta, context)                                # (B, n_t, X)
         hz, c_dz = linear_forward(z, p["dec.Wz"], p["dec.b"])                       # (S13)
@@ -414,7 +450,7 @@ class VSM:
         query = linear_autodiff(zc, p["att.Wq"])                                                  # (S12)
         keys = linear_autodiff(u_C, p["att.Wk"])
         scores = ad.einsum("bih,bjh->bij", query, keys) / math.sqrt(cfg.Hk)
-        beta = masked_softmax_autodiff(scores, mask[:, None, :])
+        beta = masked_softmax_autodiff(scores, self.read_mask(mask)[:, None, :])
         r = ad.einsum("bij,bjh->bih", beta, u_C)
         t = ad.einsum("bij,bjx->bix", beta, ad.Tensor(context))
         h = ad.tanh(linear_autodiff(z, p["dec.Wz"], p["dec.b"]) + linear_autodiff(c3, p["dec.Wc"])
@@ -471,7 +507,7 @@ class VSM:
         z = mu_z[:, None] + np.exp(log_sig_z)[:, None] * rng.standard_normal((B, samples, cfg.Z))
         zc = np.concatenate([z, np.broadcast_to(c[:, None], (B, samples, cfg.Zc))], axis=-1)
         scores = np.einsum("bih,bjh->bij", zc @ p["att.Wq"], k.keys) / math.sqrt(cfg.Hk)
-        beta, _ = masked_softmax_forward(scores, k.mask[:, None, :])
+        beta, _ = masked_softmax_forward(scores, self.read_mask(k.mask)[:, None, :])
         r, t = np.einsum("bij,bjh->bih", beta, k.u_C), np.einsum("bij,bjx->bix", beta, k.context)
         h = np.tanh(z @ p["dec.Wz"] + (c @ p["dec.Wc"])[:, None] + r @ p["dec.Wr"] + p["dec.b"])
         probs = sigmoid(h @ p["dec.Wo"] + p["dec.bo"] + p["dec.skip"] * t)
@@ -482,6 +518,245 @@ class VSM:
         task (B,), T_c (B,), and the number of slots with count > 1 (an int)."""
         return {"H_a": semantic_address_entropy(cache.log_q_a), "q_a": np.exp(cache.log_q_a),
                 "KL_z": np.sum(cache.kl_z, axis=1), "T_c": cache.T_c,
+                "slots_used": int(np.sum(self.state.count > 1))}
+
+
+# ----------------------------------------------------------------- the VSM-VAE plug-in
+class VSMVAECache(NamedTuple):
+    """Everything VSMVAE.backward needs; n_t targets, each with its own concept c_i."""
+    mask: np.ndarray            # (B, Ne) bool
+    n_c: np.ndarray             # (B,)
+    has_c: np.ndarray           # (B,) bool
+    context: np.ndarray         # (B, Ne, X), zero on masked slots
+    targets: np.ndarray         # (B, n_t, X)
+    u_C: np.ndarray             # (B, Ne, Hu)                           (S1)
+    u_T: np.ndarray             # (B, n_t, Hu)
+    feat: tuple                 # LinearCaches of the context and target features
+    ubar_C_den: np.ndarray      # (B, 1)                                (S2)
+    cue: tuple
+    pi: np.ndarray              # (B, Zc)
+    recall: tuple               # RecallCache                           (S3)-(S5)
+    log_prior: np.ndarray       # (B, Ns)
+    m: np.ndarray               # (B, Ns, Zc)
+    P: np.ndarray               # (B, Ns, Zc)
+    post: tuple                 # LinearCaches of mu_c and log var_c    (S6 with n = 1)
+    mu_c: np.ndarray            # (B, n_t, Zc)
+    log_var_c: np.ndarray       # (B, n_t, Zc)
+    concept: tuple              # ConceptCache over the B * n_t targets (S7)-(S8)
+    log_q_a: np.ndarray         # (B, n_t, Ns)
+    T_c: np.ndarray             # (B, n_t)
+    sd_c: np.ndarray            # (B, n_t, Zc)                          (S9)
+    eps_c: np.ndarray           # (B, n_t, Zc)
+    c: np.ndarray               # (B, n_t, Zc)
+    att: tuple                  # LinearCaches of the query and keys    (S12)
+    query: np.ndarray           # (B, n_t, Hk)
+    keys: np.ndarray            # (B, Ne, Hk)
+    beta: np.ndarray            # (B, n_t, Ne)
+    r: np.ndarray               # (B, n_t, Hu)
+    t: np.ndarray               # (B, n_t, X)
+    dec: tuple                  # LinearCaches of c, r and the output    (S13)
+    h: np.ndarray               # (B, n_t, H)
+    log_px: np.ndarray          # (B, n_t)
+    px: tuple
+    L: np.ndarray               # (B,)
+
+
+class VSMVAE(VSM):
+    """The non-hierarchical plug-in "VSM-VAE" (spec C.3, last paragraph; [M], reconstructed):
+    no z; every target i has its own concept latent c_i with q(c_i | x_i) from the `post` heads
+    applied to u_i alone (S6 with n = 1: no -log n offset); S7-S9 run per target against the same
+    recall prior (S3-S5) of its task; the decoder reads (c_i, r_i, t_i), the attention query is
+    c_i @ att.Wq with att.Wq (Zc, Hk).
+
+        (S6')  mu_c,i = u_i @ post.Wm + post.bm,  log var_c,i = u_i @ post.Ws + post.bs     (B, n_t, Zc)
+        (S7'-S9') T_c,i as (S7)-(S8) per target;  c_i = mu_c,i + exp(0.5 log var_c,i) eps_c,i
+        (S12') query = c_i @ att.Wq;  beta, r_i, t_i as (S12)
+        (S13') h = tanh(c_i @ dec.Wc + r_i @ dec.Wr + dec.b);  logit = h @ dec.Wo + dec.bo + dec.skip * t_i
+        (S15') L_b = sum_i [log p(x_i | c_i, E) + T_c,i]
+        (S16') log w_s = sum_i [log p(x_i | c_is, E) + log p(c_is | X_C, memory) - log q(c_is | x_i)]
+    Noise: VSMInputs with eps_c (B, n_t, Zc) and eps_z None. Consolidation (U1-U3) takes every
+    target's trace (B * n_t traces per step).
+    """
+
+    def __init__(self, config: VSMConfig, rng: np.random.Generator | None = None):
+        if not isinstance(config, VSMConfig) or config.variant != "vae":
+            raise ValueError("VSMVAE needs a VSMConfig with variant='vae'")
+        super().__init__(config, rng)
+
+    def consolidate(self, cache: VSMVAECache) -> None:
+        """(U1)-(U3) with one trace per target; call once after each optimiser step."""
+        cfg, Zc = self.config, self.config.Zc
+        self.state = consolidate(self.state, cache.mu_c.reshape(-1, Zc), np.exp(cache.log_var_c).reshape(-1, Zc),
+                                 np.exp(cache.log_q_a).reshape(-1, cache.log_q_a.shape[-1]), cfg.tau_t2, cfg.gamma, cfg.lam0)
+
+    # -- manual engine
+    def forward(self, inputs: VSMInputs):
+        """Eqs. (S1)-(S5), (S6')-(S15'). Returns L (B,) and the cache for backward."""
+        cfg, p, state = self.config, self.params, self.state
+        context, mask, targets, eps_c, _ = self.check_inputs(inputs)
+        B, n_t = targets.shape[:2]
+        n_c = mask.sum(axis=1).astype(context.dtype)
+        has_c = n_c > 0
+        valid = mask[..., None].astype(context.dtype)
+        pre_uC, c_fc = linear_forward(context, p["feat.W"], p["feat.b"])            # (S1)
+        pre_uT, c_ft = linear_forward(targets, p["feat.W"], p["feat.b"])
+        u_C, u_T = np.tanh(pre_uC), np.tanh(pre_uT)
+        ubar_C_den = np.maximum(n_c, 1.0)[:, None]
+        ubar_C = np.sum(valid * u_C, axis=1) / ubar_C_den                           # (S2)
+        chat_raw, c_cm = linear_forward(ubar_C, p["cue.Wm"], p["cue.bm"])
+        rho, c_cs = linear_forward(ubar_C, p["cue.Ws"], p["cue.bs"])
+        chat = np.where(has_c[:, None], chat_raw, 0.0)
+        pi = n_c[:, None] * np.exp(-rho)
+        (log_prior, m, P), c_rec = recall_forward(chat, pi, state.mu, state.lam, cfg.tau_r2)   # (S3)-(S5)
+        mu_c, c_pm = linear_forward(u_T, p["post.Wm"], p["post.bm"])                # (B, n_t, Zc) (S6')
+        log_var_c, c_ps = linear_forward(u_T, p["post.Ws"], p["post.bs"])
+        rep = lambda a: np.repeat(a, n_t, axis=0)                                   # task -> its targets
+        (T_flat, lq_flat), c_con = concept_term_forward(mu_c.reshape(B * n_t, -1), log_var_c.reshape(B * n_t, -1),
+                                                        rep(log_prior), rep(m), rep(P))          # (S7'-S8')
+        T_c, log_q_a = T_flat.reshape(B, n_t), lq_flat.reshape(B, n_t, -1)
+        sd_c = np.exp(0.5 * log_var_c)
+        c = mu_c + sd_c * eps_c                                                     # (B, n_t, Zc) (S9')
+        query, c_aq = linear_forward(c, p["att.Wq"])                                # (S12')
+        keys, c_ak = linear_forward(u_C, p["att.Wk"])
+        scores = np.einsum("bih,bjh->bij", query, keys) / math.sqrt(cfg.Hk)
+        beta, _ = masked_softmax_forward(scores, self.read_mask(mask)[:, None, :])
+        r = np.einsum("bij,bjh->bih", beta, u_C)
+        t = np.einsum("bij,bjx->bix", beta, context)
+        hc, c_dc = linear_forward(c, p["dec.Wc"], p["dec.b"])                       # (S13')
+        hr, c_dr = linear_forward(r, p["dec.Wr"])
+        h = np.tanh(hc + hr)
+        out, c_do = linear_forward(h, p["dec.Wo"], p["dec.bo"])
+        logit = out + p["dec.skip"] * t
+        log_px, c_px = bernoulli_log_likelihood_forward(targets, logit)             # (B, n_t)
+        L = np.sum(log_px + T_c, axis=1)                                            # (S15')
+        return L, VSMVAECache(mask, n_c, has_c, context, targets, u_C, u_T, (c_fc, c_ft), ubar_C_den, (c_cm, c_cs),
+                              pi, c_rec, log_prior, m, P, (c_pm, c_ps), mu_c, log_var_c, c_con, log_q_a, T_c, sd_c,
+                              eps_c, c, (c_aq, c_ak), query, keys, beta, r, t, (c_dc, c_dr, c_do), h, log_px, c_px, L)
+
+    def backward(self, dL, cache: VSMVAECache, state_grads: bool = False) -> dict:
+        """Exact gradient of sum_b dL_b L_b, walked back from (S15') to (S1); state_grads as in VSM."""
+        cfg, p, k = self.config, self.params, cache
+        dL = np.asarray(dL, dtype=k.L.dtype)
+        if dL.shape != k.L.shape:
+            raise ValueError(f"dL must have the output's shape (B,) = {k.L.shape}; got {dL.shape}")
+        (B, n_t), grads = k.targets.shape[:2], {}
+        d_item = np.broadcast_to(dL[:, None], k.log_px.shape)                      # (B, n_t)   (S15')
+        dlogit = bernoulli_log_likelihood_backward(d_item, k.px)                   # (S13')
+        grads["dec.skip"] = np.sum(dlogit * k.t, axis=(0, 1))
+        dt = dlogit * p["dec.skip"]
+        dh, grads["dec.Wo"], grads["dec.bo"] = linear_backward(dlogit, k.dec[2])
+        dpre_h = dh * (1.0 - k.h ** 2)
+        dc, grads["dec.Wc"], grads["dec.b"] = linear_backward(dpre_h, k.dec[0])
+        dr, grads["dec.Wr"], _ = linear_backward(dpre_h, k.dec[1])
+        dbeta = np.einsum("bih,bjh->bij", dr, k.u_C) + np.einsum("bix,bjx->bij", dt, k.context)   # (S12')
+        du_C = np.einsum("bij,bih->bjh", k.beta, dr)
+        dscores = masked_softmax_backward(dbeta, k.beta) / math.sqrt(cfg.Hk)
+        dquery = np.einsum("bij,bjh->bih", dscores, k.keys)
+        dkeys = np.einsum("bij,bih->bjh", dscores, k.query)
+        dc_q, grads["att.Wq"], _ = linear_backward(dquery, k.att[0])
+        du_keys, grads["att.Wk"], _ = linear_backward(dkeys, k.att[1])
+        dc, du_C = dc + dc_q, du_C + du_keys
+        dmu_c, dlog_var_c = dc, dc * 0.5 * k.sd_c * k.eps_c                         # (S9')
+        dmu2, dlv2, dlp, dm, dP = concept_term_backward(d_item.reshape(-1), k.concept)   # (S7'-S8')
+        dmu_c = dmu_c + dmu2.reshape(dmu_c.shape)
+        dlog_var_c = dlog_var_c + dlv2.reshape(dlog_var_c.shape)
+        dlog_prior = dlp.reshape(B, n_t, -1).sum(axis=1)                           # shared by the targets
+        dm = dm.reshape((B, n_t) + dm.shape[1:]).sum(axis=1)
+        dP = dP.reshape((B, n_t) + dP.shape[1:]).sum(axis=1)
+        du_T_m, grads["post.Wm"], grads["post.bm"] = linear_backward(dmu_c, k.post[0])   # (S6')
+        du_T_s, grads["post.Ws"], grads["post.bs"] = linear_backward(dlog_var_c, k.post[1])
+        du_T = du_T_m + du_T_s
+        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall)   # (S3)-(S5)
+        dchat = np.where(k.has_c[:, None], dchat, 0.0)                              # (S2)
+        drho = -dpi * k.pi
+        dubC_m, grads["cue.Wm"], grads["cue.bm"] = linear_backward(dchat, k.cue[0])
+        dubC_s, grads["cue.Ws"], grads["cue.bs"] = linear_backward(drho, k.cue[1])
+        valid = k.mask[..., None].astype(du_C.dtype)
+        du_C = du_C + valid * ((dubC_m + dubC_s) / k.ubar_C_den)[:, None]
+        _, dW_C, db_C = linear_backward(du_C * (1.0 - k.u_C ** 2), k.feat[0])      # (S1), shared net
+        _, dW_T, db_T = linear_backward(du_T * (1.0 - k.u_T ** 2), k.feat[1])
+        grads["feat.W"], grads["feat.b"] = dW_C + dW_T, db_C + db_T
+        out = {name: grads[name].astype(p[name].dtype, copy=False) for name in p}
+        if state_grads:
+            out["sem.mu"], out["sem.lam"] = dsem_mu, dsem_lam
+        return out
+
+    # -- autodiff engine
+    def forward_autodiff(self, tparams: Mapping[str, ad.Tensor], inputs: VSMInputs) -> ad.Tensor:
+        """The same equations with minimem.autodiff ops. Returns L (B,); "sem.mu"/"sem.lam" in
+        tparams, if present, replace the semantic state."""
+        cfg, p, state = self.config, tparams, self.state
+        context, mask, targets, eps_c, _ = self.check_inputs(inputs)
+        B, n_t = targets.shape[:2]
+        Ns, Zc = cfg.Ns, cfg.Zc
+        n_c = mask.sum(axis=1).astype(context.dtype)
+        has_c = np.broadcast_to((n_c > 0)[:, None], (B, Zc))
+        valid = mask[..., None].astype(context.dtype)
+        u_C = ad.tanh(linear_autodiff(context, p["feat.W"], p["feat.b"]))                      # (S1)
+        u_T = ad.tanh(linear_autodiff(targets, p["feat.W"], p["feat.b"]))
+        ubar_C = ad.sum(u_C * valid, axis=1) / np.maximum(n_c, 1.0)[:, None]                     # (S2)
+        chat = ad.where(has_c, linear_autodiff(ubar_C, p["cue.Wm"], p["cue.bm"]), 0.0)
+        pi = n_c[:, None] * ad.exp(-linear_autodiff(ubar_C, p["cue.Ws"], p["cue.bs"]))
+        sem_mu, sem_lam = p.get("sem.mu", state.mu), p.get("sem.lam", state.lam)
+        log_prior, m, P = recall_autodiff(chat, pi, sem_mu, sem_lam, cfg.tau_r2)                 # (S3)-(S5)
+        mu_c = linear_autodiff(u_T, p["post.Wm"], p["post.bm"])                                  # (S6')
+        log_var_c = linear_autodiff(u_T, p["post.Ws"], p["post.bs"])
+        per_target = lambda a, shape: ad.reshape(ad.broadcast_to(ad.reshape(a, (B, 1) + shape), (B, n_t) + shape),
+                                                 (B * n_t,) + shape)
+        T_c, _ = concept_term_autodiff(ad.reshape(mu_c, (B * n_t, Zc)), ad.reshape(log_var_c, (B * n_t, Zc)),
+                                       per_target(log_prior, (Ns,)), per_target(m, (Ns, Zc)), per_target(P, (Ns, Zc)))
+        c = mu_c + ad.exp(0.5 * log_var_c) * eps_c                                               # (S9')
+        query = linear_autodiff(c, p["att.Wq"])                                                  # (S12')
+        keys = linear_autodiff(u_C, p["att.Wk"])
+        scores = ad.einsum("bih,bjh->bij", query, keys) / math.sqrt(cfg.Hk)
+        beta = masked_softmax_autodiff(scores, self.read_mask(mask)[:, None, :])
+        r = ad.einsum("bij,bjh->bih", beta, u_C)
+        t = ad.einsum("bij,bjx->bix", beta, ad.Tensor(context))
+        h = ad.tanh(linear_autodiff(c, p["dec.Wc"], p["dec.b"]) + linear_autodiff(r, p["dec.Wr"]))   # (S13')
+        logit = linear_autodiff(h, p["dec.Wo"], p["dec.bo"]) + p["dec.skip"] * t
+        log_px = bernoulli_log_likelihood_autodiff(targets, logit)
+        return ad.sum(log_px + ad.reshape(T_c, (B, n_t)), axis=1)                                 # (S15')
+
+    # -- evaluation, generation, monitoring
+    def log_weights(self, inputs: VSMInputs) -> np.ndarray:
+        """Importance weights of eq. (S16'): eps_c (S, B, n_t, Zc), eps_z None. Returns (S, B)."""
+        eps_c = np.asarray(inputs.eps_c)
+        if eps_c.ndim != 4 or inputs.eps_z is not None:
+            raise ValueError(f"log_weights of VSM-VAE needs eps_c (S, B, n_t, Zc) and eps_z None; got {eps_c.shape}")
+        S, B = eps_c.shape[:2]
+        tile = lambda v: np.broadcast_to(v, (S,) + np.shape(v)).reshape((S * B,) + np.shape(v)[1:])
+        flat = VSMInputs(tile(inputs.context), tile(inputs.mask), tile(inputs.targets),
+                         eps_c.reshape((S * B,) + eps_c.shape[2:]), None)
+        _, k = self.forward(flat)
+        log_qc, _ = gaussian_log_density_forward(k.c, k.mu_c, 0.5 * k.log_var_c)                 # (SB, n_t)
+        log_pc = mixture_log_prior(np.moveaxis(k.c, 1, 0), k.log_prior, k.m, k.P).T              # (SB, n_t)
+        return np.sum(k.log_px + log_pc - log_qc, axis=1).reshape(S, B)
+
+    def generate(self, rng: np.random.Generator, context, mask, samples: int = 1) -> dict:
+        """Generation from a context: per sample a ~ p(a | X_C), c ~ N(m_a, 1/P_a), x ~ Bernoulli
+        with the episodic read over the context. Returns {"a": (B, samples), "c": (B, samples, Zc),
+        "probs": (B, samples, X), "x": (B, samples, X)}."""
+        cfg, p = self.config, self.params
+        if not isinstance(rng, np.random.Generator):
+            raise ValueError(f"rng must be a np.random.Generator; got {type(rng).__name__}")
+        B = np.shape(context)[0]
+        dummy = VSMInputs(context, mask, np.zeros((B, samples, cfg.X)), np.zeros((B, samples, cfg.Zc)), None)
+        _, k = self.forward(dummy)
+        a = sample_addresses(k.log_prior, rng.random((samples, B))).T                # (B, samples)
+        rows = np.arange(B)[:, None]
+        c = k.m[rows, a] + rng.standard_normal((B, samples, cfg.Zc)) / np.sqrt(k.P[rows, a])
+        scores = np.einsum("bih,bjh->bij", c @ p["att.Wq"], k.keys) / math.sqrt(cfg.Hk)
+        beta, _ = masked_softmax_forward(scores, self.read_mask(k.mask)[:, None, :])
+        r, t = np.einsum("bij,bjh->bih", beta, k.u_C), np.einsum("bij,bjx->bix", beta, k.context)
+        h = np.tanh(c @ p["dec.Wc"] + r @ p["dec.Wr"] + p["dec.b"])
+        probs = sigmoid(h @ p["dec.Wo"] + p["dec.bo"] + p["dec.skip"] * t)
+        return {"a": a, "c": c, "probs": probs, "x": (rng.random(probs.shape) < probs).astype(probs.dtype)}
+
+    def diagnostics(self, cache: VSMVAECache) -> dict:
+        """Monitoring, averaged over each task's targets: H_a (B,), q_a (B, Ns); KL_z is 0 (no z);
+        T_c (B,) summed over targets; slots with count > 1."""
+        return {"H_a": semantic_address_entropy(cache.log_q_a).mean(axis=1), "q_a": np.exp(cache.log_q_a).mean(axis=1),
+                "KL_z": np.zeros(cache.L.shape), "T_c": cache.T_c.sum(axis=1),
                 "slots_used": int(np.sum(self.state.count > 1))}
 
 

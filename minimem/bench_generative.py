@@ -1,0 +1,134 @@
+"""Generative-memory benchmarks for minimem.bench: one training step (forward + backward) of the
+manual engine against the autodiff twin, for VMA and the VSM-style model (reconstructed), at the
+sizes the demos train with. Timed side by side in one run (bench.time_side_by_side); only ratios
+are claimed.
+
+    vma_engines   VMA (spec A.5 CPU defaults, as demos/vma_fewshot.py): X = 400, Z 16, E 32, He 64,
+                  H 128, relu, float32; B = 32 episodes, N = 8 memory entries, S = 4 samples with
+                  the VIMCO estimator (autodiff: its stop-gradient surrogate), and the exact-address
+                  trainer (V14, one pass per slot) at the same size.
+    vsm_engines   VSM-style (spec C.6, as demos/vsm_fewshot.py): X = 400, Ns 16, Zc = Z = 8,
+                  Hu = H = 128, Hk 32, float32; B = 32 tasks, n_c = 3 of Ne = 5 context slots,
+                  n_t = 2 targets; the hierarchical plug-in (VSM-HVAE) and the VAE plug-in (VSM-VAE).
+                  The consolidation (U1-U3) is not part of the step: it is outside the gradient path
+                  and the same code for both engines.
+
+benchmarks(quick=False) returns {name: fn(rounds) -> rows} with the rows of minimem.bench
+({"benchmark", "baseline", "baseline_s", "candidate", "candidate_s"}); quick=True shrinks every size
+so that the functions run in well under a second (tests).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import numpy as np
+
+from minimem import autodiff as ad
+from minimem.bench import time_side_by_side
+from minimem.memory.vma import VMA, VMAConfig, VMAInputs
+from minimem.memory.vsm import VSM, VSMConfig, VSMInputs
+
+SIZES = {
+    "full": {"vma": {"X": 400, "Z": 16, "E": 32, "He": 64, "H": 128, "B": 32, "N": 8, "S": 4},
+             "vsm": {"X": 400, "Ns": 16, "Zc": 8, "Z": 8, "H": 128, "Hk": 32, "B": 32, "Ne": 5, "n_c": 3, "n_t": 2}},
+    "quick": {"vma": {"X": 16, "Z": 3, "E": 4, "He": 5, "H": 6, "B": 2, "N": 3, "S": 2},
+              "vsm": {"X": 16, "Ns": 3, "Zc": 2, "Z": 2, "H": 6, "Hk": 4, "B": 2, "Ne": 3, "n_c": 2, "n_t": 2}},
+}
+DTYPE = "float32"                    # the demos train in float32 (gradient checks run in float64)
+
+
+def _manual_step(model, inputs) -> Callable[[], object]:
+    """One forward + backward of the manual engine, dL = -1/B (the demos' loss)."""
+    def run():
+        L, cache = model.forward(inputs)
+        return model.backward(np.full(L.shape, -1.0 / L.size, dtype=L.dtype), cache)
+    return run
+
+
+def _autodiff_step(model, inputs) -> Callable[[], object]:
+    """One forward + backward of the autodiff engine (fresh leaf Tensors every call)."""
+    def run():
+        tparams = {name: ad.Tensor(value, requires_grad=True) for name, value in model.params.items()}
+        L = model.forward_autodiff(tparams, inputs)
+        L.backward(np.full(L.shape, -1.0 / L.shape[0], dtype=L.data.dtype))
+        return {name: t.grad for name, t in tparams.items()}
+    return run
+
+
+def _row(benchmark: str, times: dict) -> dict:
+    return {"benchmark": benchmark, "baseline": "manual", "baseline_s": times["manual"],
+            "candidate": "autodiff", "candidate_s": times["autodiff"]}
+
+
+def bench_vma_engines(rounds: int, quick: bool = False) -> list[dict]:
+    """VMA training step, manual against autodiff: VIMCO (S samples) and the exact-address bound."""
+    s = SIZES["quick" if quick else "full"]["vma"]
+    rng = np.random.default_rng(0)
+    x = (rng.random((s["B"], s["X"])) < 0.1).astype(DTYPE)                 # (B, X) binary images
+    M = (rng.random((s["B"], s["N"], s["X"])) < 0.1).astype(DTYPE)         # (B, N, X)
+    rows = []
+    for estimator, label in (("vimco", f"VIMCO S={s['S']}"), ("exact", "exact address (V14)")):
+        config = VMAConfig(X=s["X"], Z=s["Z"], E=s["E"], He=s["He"], H=s["H"], estimator=estimator,
+                           activation="relu", dtype=DTYPE)
+        model = VMA(config, rng=np.random.default_rng(1))
+        noise = model.sample_noise(np.random.default_rng(2), s["B"], s["S"], M)
+        inputs = VMAInputs(x, M, **noise)
+        t = time_side_by_side({"manual": _manual_step(model, inputs), "autodiff": _autodiff_step(model, inputs)},
+                              rounds, inner=1)
+        rows.append(_row(f"VMA fwd+bwd {label} B={s['B']} N={s['N']} X={s['X']} H={s['H']}", t))
+    return rows
+
+
+def bench_vsm_engines(rounds: int, quick: bool = False) -> list[dict]:
+    """VSM-style training step, manual against autodiff, for the HVAE and the VAE plug-ins."""
+    s = SIZES["quick" if quick else "full"]["vsm"]
+    B, Ne, n_t = s["B"], s["Ne"], s["n_t"]
+    rng = np.random.default_rng(0)
+    context = (rng.random((B, Ne, s["X"])) < 0.1).astype(DTYPE)
+    mask = np.broadcast_to(np.arange(Ne)[None, :] < s["n_c"], (B, Ne)).copy()
+    context *= mask[..., None]
+    targets = (rng.random((B, n_t, s["X"])) < 0.1).astype(DTYPE)
+    rows = []
+    for variant in ("hvae", "vae"):
+        config = VSMConfig(X=s["X"], Z=s["Z"], Zc=s["Zc"], Hu=s["H"], H=s["H"], Hk=s["Hk"], Ns=s["Ns"],
+                           dtype=DTYPE, variant=variant)
+        model = VSM(config, rng=np.random.default_rng(1))
+        if variant == "hvae":
+            eps_c, eps_z = rng.standard_normal((B, s["Zc"])), rng.standard_normal((B, n_t, s["Z"]))
+        else:
+            eps_c, eps_z = rng.standard_normal((B, n_t, s["Zc"])), None
+        inputs = VSMInputs(context, mask, targets, eps_c.astype(DTYPE), None if eps_z is None else eps_z.astype(DTYPE))
+        t = time_side_by_side({"manual": _manual_step(model, inputs), "autodiff": _autodiff_step(model, inputs)},
+                              rounds, inner=1)
+        rows.append(_row(f"VSM-{variant.upper()} fwd+bwd B={B} n_c={s['n_c']} n_t={n_t} Ns={s['Ns']} X={s['X']} "
+                         f"H={s['H']}", t))
+    return rows
+
+
+def benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
+    """{name: fn(rounds) -> rows} for minimem.bench; quick=True for tiny sizes (tests)."""
+    return {"vma_engines": functools.partial(bench_vma_engines, quick=quick),
+            "vsm_engines": functools.partial(bench_vsm_engines, quick=quick)}
+
+
+if __name__ == "__main__":
+    import argparse
+    import platform
+
+    from minimem.bench import format_table
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (checks the code runs)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--only", choices=sorted(benchmarks()), action="append", help="run only these")
+    args = parser.parse_args()
+    rounds = 1 if args.quick else args.rounds
+    found = benchmarks(args.quick)
+    rows = []
+    for name in args.only or list(found):
+        rows += found[name](rounds)
+    print(f"# minimem generative-memory benchmarks ({platform.python_implementation()} {platform.python_version()}, "
+          f"numpy {np.__version__}, {rounds} interleaved rounds, medians)")
+    print(format_table(rows))
