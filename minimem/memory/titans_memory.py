@@ -294,6 +294,11 @@ def mem_inner_grad_autodiff(Ws: Sequence[ad.Tensor], k, v, phi: str = "silu") ->
         if not copy.requires_grad:          # the values of u are needed even when W is a constant
             copy = ad.Tensor(copy.data, requires_grad=True)
         copies.append(copy)
-    residual = mem_read_autodiff(copies, k, phi) - v             # (..., d)
+    # k and v enter through alias nodes that are part of the sweep's boundary too: the sweep then
+    # stops at the copies and the aliases and never walks the history behind them, so a scan of T
+    # tokens costs O(T), not O(T^2); the aliases still link u to k and v for the outer backward.
+    k_alias, v_alias = ad.reshape(k, k.shape), ad.reshape(v, v.shape)
+    boundary = [x for x in (k_alias, v_alias) if x.requires_grad]
+    residual = mem_read_autodiff(copies, k_alias, phi) - v_alias   # (..., d)
     loss = ad.sum(residual * residual)                           # (A8), summed over the tokens
-    return ad.grad(loss, copies, create_graph=True)
+    return ad.grad(loss, copies + boundary, create_graph=True, stop_at_inputs=True)[:len(copies)]
