@@ -366,3 +366,12 @@ def test_one_addressing_step_composes_against_central_differences():
 
 def separated_usages_for_step(rng, B, N):
     return np.stack([rng.permutation(N) / N + 0.05 for _ in range(B)])
+
+
+def test_link_entries_never_go_negative_from_round_off():
+    # 1 - w_0 - w_1 is -5.6e-17 in floating point although w sums to 1: without the clamp the
+    # off-diagonal entries would be about -1.7e-17.
+    w = np.array([[0.6, 0.4000000000000001]])
+    assert 1.0 - w[0, 0] - w[0, 1] < 0
+    L, _ = K.link_forward(np.full((1, 2, 2), 0.3), w, np.zeros((1, 2)))
+    assert np.all(L >= 0.0)

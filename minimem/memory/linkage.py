@@ -114,6 +114,10 @@ def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray) -> tup
                          f"got {L_prev.shape}")
     w_i, w_j = w_w[..., :, None], w_w[..., None, :]              # (B, N, 1), (B, 1, N)
     L = (1.0 - w_i - w_j) * L_prev + w_i * p_prev[..., None, :]  # (B, N, N)
+    # w_i + w_j <= 1 in exact arithmetic, but under saturated gates it can exceed 1 by round-off and
+    # leave entries like -1e-288: they are set to 0 (a change at round-off level; the backward is
+    # that of the exact formula, which differs from the clamped one only at those round-off points).
+    np.maximum(L, 0.0, out=L)
     return _zero_diagonal(L), LinkCache(L_prev, w_w, p_prev)
 
 
