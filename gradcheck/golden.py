@@ -64,7 +64,9 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 
 # The committed set: one small case per model family (python -m gradcheck export gradcheck/golden --curated).
 CURATED = ("nn.lstm.T3", "ntm.lstm", "dnc.paper.L1", "nam.lsam.small", "titans.lmm.sequential", "mnm.grad",
-           "vma.pathwise.few_shot", "vsm.hvae.mixed")
+           "vma.pathwise.few_shot", "vsm.hvae.mixed", "sam.sparse", "sdnc.sparse", "hma.head.mlp",
+           # single memory operations (gradcheck/cases/primitives.py; PyTorch ports in demos/torch_check.py)
+           "ntm_addressing.step", "dnc_allocation.step", "nam_write.step", "titans_update.sequential")
 
 # Spec file per family (DESIGN.md's model table); sections come from the case notes.
 SPEC_FILES = {"ntm": "specs/ntm_dnc_sam.md", "dnc": "specs/ntm_dnc_sam.md", "sam": "specs/ntm_dnc_sam.md",
