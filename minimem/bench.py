@@ -94,7 +94,8 @@ def bench_lstm(rounds: int, T: int = 50, B: int = 16, H: int = 128, X: int = 32)
 BENCHMARKS = {"op_overhead": bench_op_overhead, "lstm": bench_lstm}
 
 # Each model family with a benchmark module contributes its own entries via benchmarks(quick).
-FAMILY_MODULES = ("minimem.bench_sam", "minimem.bench_titans")
+FAMILY_MODULES = ("minimem.bench_dnc", "minimem.bench_sam", "minimem.bench_nam", "minimem.bench_hma",
+                  "minimem.bench_titans", "minimem.bench_mnm", "minimem.bench_generative")
 
 
 def all_benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
