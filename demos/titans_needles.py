@@ -34,7 +34,9 @@ and 0.99-1.00 from 600 (the spec: 0.12 / 0.31 / 0.62 / 1.00 at 100 / 300 / 400 /
 about +-0.03), as the spec predicts for a 16-token window. MAG did NOT learn in 800 steps either: its
 loss stayed near ln 16 = 2.77. The spec lists MAG on T2 as an unmeasured extension; what stops it
 here (the gate, the missing [y_T, e_T] read-out shortcut the bare LMM has, the budget) is not
-diagnosed.
+diagnosed. A hint that it is optimisation, not the memory: when the asked needle lies inside the
+16-token window, attention alone answered 0.57 of those queries, while MAG, which has the same
+attention branch, stayed at chance there too (its gradients pass the gradchecks).
 
 Writes titans_needles.png to --out: accuracy against sequence length, accuracy against the distance
 from the asked needle to the query (all evaluation lengths pooled: the memory at work beyond the
