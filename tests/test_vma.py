@@ -223,13 +223,13 @@ def test_density_pairs_match_central_differences(S, B, Z, seed):
     _, cache = gaussian_log_density_forward(z, mu, log_sig)
     numeric = numeric_vjp(lambda *v: gaussian_log_density_forward(*v)[0], (z, mu, log_sig), dout)
     assert_grads_close(gaussian_log_density_backward(dout, cache), numeric, names=("z", "mu", "log_sig"),
-                       rtol=1e-5, atol=1e-7)
+                       rtol=1e-6, atol=1e-8)
     x = (rng.random((S, B, Z)) < 0.5).astype(float)
     logit = 3 * rng.standard_normal((S, B, Z))
     _, cache = bernoulli_log_likelihood_forward(x, logit)
     numeric = numeric_vjp(lambda t: bernoulli_log_likelihood_forward(x, t)[0], (logit,), dout)
     assert_grads_close((bernoulli_log_likelihood_backward(dout, cache),), numeric, names=("logit",),
-                       rtol=1e-5, atol=1e-7)
+                       rtol=1e-6, atol=1e-8)
 
 
 @settings(max_examples=15, deadline=None)
@@ -249,7 +249,7 @@ def test_masked_log_softmax_and_exact_bound_match_central_differences(B, N, K, s
     dlog_q, dlog_p, dinner = exact_bound_backward(dL, cache)
     analytic = (log_softmax_backward(dlog_q, cq), dlog_p, dinner)
     assert_grads_close(analytic, numeric_vjp(bound, (l, log_p, inner), dL), names=("l", "log_p", "inner"),
-                       rtol=1e-5, atol=1e-7)
+                       rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(np.exp(log_q).sum(axis=1), 1.0, atol=1e-12)
     assert np.all(np.exp(log_q)[~kept] == 0)
 
