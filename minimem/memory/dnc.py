@@ -43,9 +43,15 @@ output maps, of step t+1 and of the layer above are summed and before it enters 
 backward. It is off (None) by default and in every gradcheck case; with it on, backward is no
 longer the gradient of the forward.
 
+Optional sparse link matrix [B.10.9]: `DNCConfig(link="sparse", link_K=K)` replaces the link
+update of step 11 by minimem.memory.sparse_link (top-K of w^w_t and p_{t-1}, renormalised, then
+links below 1/K dropped); the default link="dense" is the paper's exact link matrix.
+
 Discrete choices: the free lists phi_t (and, in deepmind mode, the w^w_{t-1} values the usage saw)
 are constants of the backward pass. forward records them in cache.record (a DNCRecord); passing
 that record back as `frozen=` replays them, so finite differences do not straddle a sort kink.
+With link="sparse" the record is a DNCSparseLinkRecord, which also holds each step's kept slots
+and 1/K threshold mask.
 
 Engines: DNC.forward / DNC.backward (hand-derived BPTT, vectorised over batch and heads, looping
 over time and layers only) and DNC.forward_autodiff (the same equations with the primitives'
@@ -66,6 +72,7 @@ from minimem.memory.dnc_access import MemoryState, access_autodiff, access_backw
 from minimem.memory.dnc_interface import (
     STRENGTHS, interface_autodiff, interface_backward, interface_forward, interface_size,
 )
+from minimem.memory.sparse_link import DEFAULT_K, SparseLinkChoice, check_link_K
 from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward, linear_init,
     strip_prefix, with_prefix,
@@ -74,6 +81,9 @@ from minimem.nn.lstm import lstm_init, lstm_step_autodiff, lstm_step_backward, l
 
 
 # ----------------------------------------------------------------- configuration
+LINKS = ("dense", "sparse")     # DNCConfig.link: the paper's link matrix, or the sparse one of B.10.9
+
+
 @dataclass(frozen=True)
 class DNCConfig:
     """Sizes and options of a DNC (spec B.2, B.10).
@@ -84,6 +94,8 @@ class DNCConfig:
     usage_write_grad: True (paper) or False (deepmind/dnc stop-gradient on w^w_{t-1} in the usage).
     eps_a: allocation usage floor in [0, 1). clip: None, or the bound of deepmind/dnc's clipping of
     the controller output and state. forget_bias: initial forget-gate bias. dtype: "float64" or "float32".
+    link: "dense" (paper, B.3 step 11) or "sparse" (Methods "Sparse link matrix", B.10.9).
+    link_K: entries kept by the sparse link, 1 <= link_K <= N (used only with link="sparse").
     """
     X: int
     Y: int
@@ -98,6 +110,8 @@ class DNCConfig:
     clip: float | None = None
     forget_bias: float = 1.0
     dtype: str = "float64"
+    link: str = "dense"
+    link_K: int = DEFAULT_K
 
     def __post_init__(self) -> None:
         for name in ("X", "Y", "N", "W", "R", "H", "layers"):
@@ -118,6 +132,12 @@ class DNCConfig:
             raise ValueError(f"DNCConfig.forget_bias must be a finite number; got {self.forget_bias!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"DNCConfig.dtype must be 'float64' or 'float32'; got {self.dtype!r}")
+        if self.link not in LINKS:
+            raise ValueError(f"DNCConfig.link must be one of {LINKS}; got {self.link!r}")
+        if isinstance(self.link_K, bool) or not isinstance(self.link_K, (int, np.integer)) or self.link_K < 1:
+            raise ValueError(f"DNCConfig.link_K must be an integer >= 1; got {self.link_K!r}")
+        if self.link == "sparse" and self.link_K > self.N:
+            raise ValueError(f"DNCConfig.link_K must satisfy 1 <= link_K <= N = {self.N}; got {self.link_K}")
 
     @property
     def I(self) -> int:
@@ -161,6 +181,15 @@ class DNCRecord(NamedTuple):
     """The non-differentiated choices of a forward pass, replayable with forward(..., frozen=record)."""
     phi: np.ndarray          # (T, B, N) int, the free list of every step (ascending floored usage)
     usage_w_w: np.ndarray    # (T, B, N) the w^w_{t-1} each usage update used (replayed in deepmind mode only)
+
+
+class DNCSparseLinkRecord(NamedTuple):
+    """A DNCRecord plus the sparse link's choices (config.link == "sparse"), replayable likewise."""
+    phi: np.ndarray          # (T, B, N) int, as DNCRecord.phi
+    usage_w_w: np.ndarray    # (T, B, N), as DNCRecord.usage_w_w
+    link_top_w: np.ndarray   # (T, B, K) int, the slots of w^w_t kept by the sparse link
+    link_top_p: np.ndarray   # (T, B, K) int, the slots of p_{t-1} kept
+    link_keep: np.ndarray    # (T, B, N, N) bool, the link entries that passed the 1/K threshold
 
 
 def initial_state(config: DNCConfig, B: int, N: int | None = None) -> DNCState:
@@ -225,9 +254,15 @@ def _check_state_ranges(state: DNCState) -> None:
 
 
 def _check_frozen(frozen, config: DNCConfig, T: int, B: int, N: int) -> None:
-    if not isinstance(frozen, DNCRecord):
-        raise ValueError(f"frozen must be a DNCRecord (cache.record of an earlier forward); "
+    kind = DNCSparseLinkRecord if config.link == "sparse" else DNCRecord
+    if not isinstance(frozen, kind):
+        raise ValueError(f"frozen must be a {kind.__name__} (cache.record of an earlier forward); "
                          f"got {type(frozen).__name__}")
+    if kind is DNCSparseLinkRecord:
+        K = check_link_K(config.link_K, N)
+        for name, shape in (("link_top_w", (T, B, K)), ("link_top_p", (T, B, K)), ("link_keep", (T, B, N, N))):
+            if np.shape(getattr(frozen, name)) != shape:
+                raise ValueError(f"frozen.{name} must have shape {shape}; got {np.shape(getattr(frozen, name))}")
     phi = np.asarray(frozen.phi)
     if phi.shape != (T, B, N) or phi.dtype.kind not in "iu":
         raise ValueError(f"frozen.phi must be an integer array of shape (T, B, N) = {(T, B, N)}; "
@@ -313,13 +348,15 @@ class DNCStepCache(NamedTuple):
 
 
 def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DNCConfig,
-                     phi: np.ndarray | None = None, usage_w_w: np.ndarray | None = None):
+                     phi: np.ndarray | None = None, usage_w_w: np.ndarray | None = None,
+                     link_choice: SparseLinkChoice | None = None):
     """One DNC step, spec B.3 steps 1-17.
 
     Args:
         x: (B, X) input x_t. state: DNCState at t-1. params: the model's params.
         phi: (B, N) int free list to replay (None: sort). usage_w_w: (B, N) recorded w^w_{t-1} for
-            the usage update (deepmind mode replay; None: state.w_w).
+            the usage update (deepmind mode replay; None: state.w_w). link_choice: the sparse
+            link's choices to replay (link="sparse" only; None: choose afresh).
     Returns:
         y: (B, Y) output, the DNCState at t, and the DNCStepCache.
     """
@@ -331,8 +368,9 @@ def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DN
     v, c_output = linear_forward(h_cat, params["output.W"], params["output.b"])         # 3. (B, Y)
     xi, c_xi = linear_forward(h_cat, params["interface.W"], params["interface.b"])      # 3. (B, I)
     iface, c_interface = interface_forward(xi, R, W, config.strengths)                  # 4.
+    link_K = config.link_K if config.link == "sparse" else None
     memory, c_access = access_forward(state.memory, iface, config.usage_write_grad,
-                                      config.eps_a, phi, usage_w_w)                     # 5.-16.
+                                      config.eps_a, phi, usage_w_w, link_K, link_choice)  # 5.-16.
     read_term, c_read_out = linear_forward(memory.r.reshape(B, R * W), params["read_out.W"])  # 17. (B, Y)
     y = v + read_term
     cache = DNCStepCache(c_controller, c_output, c_xi, c_interface, c_access, c_read_out)
@@ -406,11 +444,22 @@ def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCSt
     for t in range(T):
         phi = None if frozen is None else frozen.phi[t]
         usage_w_w = frozen.usage_w_w[t] if replay_usage else None
-        ys[t], state, step = dnc_step_forward(xs[t], state, params, config, phi, usage_w_w)
+        ys[t], state, step = dnc_step_forward(xs[t], state, params, config, phi, usage_w_w,
+                                              _link_choice(frozen, t, config))
         steps.append(step)
         states.append(state)
     record = DNCRecord(np.stack([s.access.phi for s in steps]), np.stack([s.access.usage_w_w for s in steps]))
+    if config.link == "sparse":
+        choices = [np.stack([s.access.link.choice[k] for s in steps]) for k in range(3)]   # top_w, top_p, keep
+        record = DNCSparseLinkRecord(*record, *choices)
     return ys, DNCCache(config, xs, state0, steps, states, record)
+
+
+def _link_choice(frozen, t: int, config: DNCConfig) -> SparseLinkChoice | None:
+    """Step t's sparse link choices from a frozen record (None: dense link, or nothing to replay)."""
+    if frozen is None or config.link != "sparse":
+        return None
+    return SparseLinkChoice(frozen.link_top_w[t], frozen.link_top_p[t], frozen.link_keep[t])
 
 
 def check_controller_grad_clip(value) -> float | None:
@@ -482,8 +531,9 @@ def dnc_autodiff(tparams: Mapping[str, ad.Tensor], xs: np.ndarray, config: DNCCo
         iface = interface_autodiff(xi, R, W, config.strengths)                                  # 4.
         phi = None if frozen is None else frozen.phi[t]
         usage_w_w = None if frozen is None or config.usage_write_grad else frozen.usage_w_w[t]
+        link_K = config.link_K if config.link == "sparse" else None
         memory = access_autodiff(state.memory, iface, config.usage_write_grad, config.eps_a,
-                                 phi, usage_w_w)                                                # 5.-16.
+                                 phi, usage_w_w, link_K, _link_choice(frozen, t, config))       # 5.-16.
         ys.append(v + linear_autodiff(ad.reshape(memory.r, (B, R * W)), tparams["read_out.W"]))  # 17.
         state = DNCState(*memory, ad.stack(hs), ad.stack(cs))
     return ad.stack(ys, axis=0)                                                                 # (T, B, Y)

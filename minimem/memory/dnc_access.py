@@ -23,7 +23,9 @@ primitives' autodiff twins.
 Not differentiated (spec B.4, held constant in the backward and replayable in the forward):
 - the free list phi_t (pass `phi=` to replay a recorded permutation);
 - with write_grad=False (deepmind/dnc), the previous write weighting inside the usage update
-  (pass `usage_w_w=` to replay a recorded value, so finite differences see the same constant).
+  (pass `usage_w_w=` to replay a recorded value, so finite differences see the same constant);
+- with the sparse link option (link_K=K, spec B.10.9, minimem.memory.sparse_link), the kept slots
+  and the 1/K threshold mask of step 11 (pass `link_choice=` to replay a recorded SparseLinkChoice).
 """
 
 from __future__ import annotations
@@ -47,6 +49,9 @@ from minimem.memory.linkage import (
 )
 from minimem.memory.read_write import (
     read_autodiff, read_backward, read_forward, write_autodiff, write_backward, write_forward,
+)
+from minimem.memory.sparse_link import (
+    SparseLinkCache, sparse_link_autodiff, sparse_link_backward, sparse_link_forward,
 )
 
 
@@ -82,7 +87,8 @@ class AccessCache(NamedTuple):
 
 def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True,
                    eps_a: float = ALLOCATION_EPS, phi: np.ndarray | None = None,
-                   usage_w_w: np.ndarray | None = None) -> tuple[MemoryState, AccessCache]:
+                   usage_w_w: np.ndarray | None = None, link_K: int | None = None,
+                   link_choice=None) -> tuple[MemoryState, AccessCache]:
     """One step of memory access, spec B.3 steps 5-16 (the module docstring lists them).
 
     Args:
@@ -94,6 +100,8 @@ def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True
         phi: (B, N) int free list to replay instead of sorting (None: sort, ties to the lower slot).
         usage_w_w: (B, N) value of w^w_{t-1} to use inside the usage update (None: state.w_w). A
             recorded copy lets finite differences replay deepmind mode's stop-gradient constant.
+        link_K: None for the dense link of step 11; K for the sparse link of spec B.10.9.
+        link_choice: SparseLinkChoice to replay (sparse link only; None: choose afresh).
     Returns:
         MemoryState at t, and the cache for access_backward.
     """
@@ -105,7 +113,10 @@ def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True
     c_w, c_wc = content_forward(M_prev, iface.k_w, iface.beta_w)                   # 8. (B, 1, N)
     w_w, c_ww = write_weighting_forward(a, c_w[:, 0], iface.g_a, iface.g_w)        # 9. (B, N)
     M, c_write = write_forward(M_prev, w_w[:, None], iface.e, iface.nu)            # 10. (B, N, W)
-    L, c_link = link_forward(L_prev, w_w, p_prev)                                  # 11. (B, N, N)
+    if link_K is None:
+        L, c_link = link_forward(L_prev, w_w, p_prev)                              # 11. (B, N, N)
+    else:
+        L, c_link = sparse_link_forward(L_prev, w_w, p_prev, link_K, link_choice)  # 11. B.10.9
     p, c_prec = precedence_forward(p_prev, w_w)                                    # 12. (B, N)
     (f, b), c_dir = directional_forward(L, w_r_prev)                               # 13. (B, R, N) each
     c_r, c_rc = content_forward(M, iface.k_r, iface.beta_r)                        # 14. (B, R, N)
@@ -114,6 +125,15 @@ def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True
     cache = AccessCache(c_retention, c_usage, c_alloc, c_wc, c_ww, c_write, c_link, c_prec, c_dir, c_rc,
                         c_rw, c_read, psi, a, c_alloc.phi, w_w_in_usage)
     return MemoryState(M, u, p, L, w_w, w_r, r), cache
+
+
+def _add_into(fresh: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """fresh + other, written into `fresh` (an array the caller owns) when that keeps the dtype the
+    sum would have; otherwise a new array. Saves a (B, N, N) or (B, N, W) allocation per step."""
+    if fresh.shape == other.shape and fresh.dtype == np.result_type(fresh, other):
+        fresh += other
+        return fresh
+    return fresh + other
 
 
 def access_backward(dstate: MemoryState, cache: AccessCache) -> tuple[MemoryState, Interface]:
@@ -128,21 +148,24 @@ def access_backward(dstate: MemoryState, cache: AccessCache) -> tuple[MemoryStat
     """
     dM, du, dp, dL, dw_w, dw_r, dr = dstate
     dM_read, dw_r_read = read_backward(dr, cache.read)                             # 16.
-    dM = dM + dM_read
-    dw_r = dw_r + dw_r_read
+    # Sums of gradients are accumulated in place into arrays the primitives just created (never
+    # into the upstream dstate), see _add_into.
+    dM = _add_into(dM_read, dM)
+    dw_r = _add_into(dw_r_read, dw_r)
     db, dc_r, df, dpi = read_weighting_backward(dw_r, cache.read_weighting)        # 15.
     dM_content, dk_r, dbeta_r = content_backward(dc_r, cache.read_content)         # 14.
-    dM = dM + dM_content
+    dM = _add_into(dM, dM_content)
     dL_dir, dw_r_prev = directional_backward((df, db), cache.directional)          # 13.
-    dL = dL + dL_dir
+    dL = _add_into(dL_dir, dL)
     dp_prev, dw_w_prec = precedence_backward(dp, cache.precedence)                 # 12.
-    dL_prev, dw_w_link, dp_prev_link = link_backward(dL, cache.link)               # 11.
+    backward_11 = sparse_link_backward if isinstance(cache.link, SparseLinkCache) else link_backward
+    dL_prev, dw_w_link, dp_prev_link = backward_11(dL, cache.link)                 # 11.
     dp_prev = dp_prev + dp_prev_link
     dM_prev, dw_w_write, de, dnu = write_backward(dM, cache.write)                 # 10.
     dw_w = dw_w + dw_w_prec + dw_w_link + dw_w_write[:, 0]
     da, dc_w, dg_a, dg_w = write_weighting_backward(dw_w, cache.write_weighting)   # 9.
     dM_wc, dk_w, dbeta_w = content_backward(dc_w[:, None], cache.write_content)    # 8.
-    dM_prev = dM_prev + dM_wc
+    dM_prev = _add_into(dM_prev, dM_wc)
     du = du + allocation_backward(da, cache.allocation)                            # 7.
     du_prev, dw_w_prev, dpsi = usage_backward(du, cache.usage)                     # 6.
     dfree, dw_r_prev_retention = retention_backward(dpsi, cache.retention)         # 5.
@@ -155,7 +178,8 @@ def access_backward(dstate: MemoryState, cache: AccessCache) -> tuple[MemoryStat
 
 def access_autodiff(state: MemoryState, iface: Interface, write_grad: bool = True,
                     eps_a: float = ALLOCATION_EPS, phi: np.ndarray | None = None,
-                    usage_w_w: np.ndarray | None = None) -> MemoryState:
+                    usage_w_w: np.ndarray | None = None, link_K: int | None = None,
+                    link_choice=None) -> MemoryState:
     """Autodiff twin of access_forward: state and iface hold Tensors; returns a MemoryState of Tensors.
 
     Without phi the allocation sorts the Tensor values itself; with write_grad=False the usage
@@ -171,7 +195,8 @@ def access_autodiff(state: MemoryState, iface: Interface, write_grad: bool = Tru
     c_w = content_autodiff(M_prev, iface.k_w, iface.beta_w)                        # 8. (B, 1, N)
     w_w = write_weighting_autodiff(a, ad.reshape(c_w, (B, N)), iface.g_a, iface.g_w)  # 9.
     M = write_autodiff(M_prev, ad.reshape(w_w, (B, 1, N)), iface.e, iface.nu)      # 10.
-    L = link_autodiff(L_prev, w_w, p_prev)                                         # 11.
+    L = link_autodiff(L_prev, w_w, p_prev) if link_K is None \
+        else sparse_link_autodiff(L_prev, w_w, p_prev, link_K, link_choice)       # 11.
     p = precedence_autodiff(p_prev, w_w)                                           # 12.
     f, b = directional_autodiff(L, w_r_prev)                                       # 13.
     c_r = content_autodiff(M, iface.k_r, iface.beta_r)                             # 14.
