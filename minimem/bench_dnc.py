@@ -43,6 +43,12 @@ so every time is inflated and ratios near 1 are within the noise; torch 2.13 CPU
         float32  NTM B=1 136 vs 415 (3.0x)   NTM B=16 239 vs 604 (2.5x)   DNC 305 vs 311 (1.0x)
         float64  NTM B=1 151 vs 377 (2.5x)   NTM B=16 346 vs 565 (1.6x)   DNC 304 vs 327 (1.1x)
     (a second run of these rows: 3.1x, 2.0x, 1.0x; 2.8x, 1.5x, 1.1x.)
+    After the speed work on the shared primitives (division-free O(N log N) allocation backward,
+    matmuls for einsums, single-write-head fast path, one sigmoid per gate block), two runs at a
+    load average of 4-7: PyTorch / minimem DNC 1.8x and 1.6x (float32), 1.6x and 1.5x (float64);
+    NTM 3.0-3.1x (B=1 f32), 2.5-2.6x (B=16 f32), 3.1-3.3x (B=1 f64), 1.8-2.4x (B=16 f64);
+    DNC manual vs autodiff 3.5x and 3.8x. Old and new code timed side by side: DNC 1.39-1.49x
+    faster, NTM 1.19-1.30x.
     NTM step (T = 9, B = 1) at N = 2^k over N = 2^7 (30-62 ms): 2^10 1.3x, 2^12 2.9x, 2^14 10.0x,
     2^15 27.3x, 2^16 36.9x (1.41 s, 156 ms per time step): per-op overhead dominates up to ~2^11,
     then the time grows roughly linearly in N (2^13 -> 2^14 -> 2^15: 202 -> 390 -> 1010 ms).

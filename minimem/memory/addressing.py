@@ -72,15 +72,23 @@ def _validate_weighting(name: str, w) -> None:
     _expect_ndim(name, w, 3, "(B, R, N)")
 
 
+def _norm(u: np.ndarray) -> np.ndarray:
+    """nrm(u) = sqrt(u.u + eps_n) over the last axis (spec section 0); the squares are summed by a
+    matrix product (one BLAS call) rather than by u * u and a reduction."""
+    squares = (u[..., None, :] @ u[..., :, None])[..., 0, 0]
+    return np.sqrt(squares + EPS_NORM)
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     """Softmax over the last axis, shifted by the max so a large beta or gamma cannot overflow."""
-    z = np.exp(z - np.max(z, axis=-1, keepdims=True))
-    return z / np.sum(z, axis=-1, keepdims=True)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 def _softmax_backward(dw: np.ndarray, w: np.ndarray) -> np.ndarray:
     """VJP of w = softmax(z): dz = w * (dw - sum_j w_j dw_j)."""
-    return w * (dw - np.sum(w * dw, axis=-1, keepdims=True))
+    return w * (dw - (w * dw).sum(axis=-1, keepdims=True))
 
 
 # ----------------------------------------------------------------- cosine similarity, eq. (6)
@@ -113,10 +121,14 @@ def cosine_similarity_forward(M: np.ndarray, k: np.ndarray) -> tuple[np.ndarray,
     """
     M, k = np.asarray(M), np.asarray(k)
     rows = _validate_rows_and_keys(M, k)
-    dot = np.einsum(f"brw,{rows}->brn", k, M)                          # (B, R, N)
-    n_k = np.sqrt(np.sum(k * k, axis=-1, keepdims=True) + EPS_NORM)    # (B, R, 1)
-    n_rows = np.sqrt(np.sum(M * M, axis=-1) + EPS_NORM)                # (B, N) or (B, R, K)
-    den = n_k * _rows_per_head(n_rows, rows) + EPS_DEN                 # (B, R, N)
+    if rows == "bnw":
+        dot = k @ np.swapaxes(M, -1, -2)                               # (B, R, N), batched matmul
+    else:
+        dot = (M @ k[..., :, None])[..., 0]                            # (B, R, K)
+    n_k = _norm(k)[..., None]                                          # (B, R, 1)
+    n_rows = _norm(M)                                                  # (B, N) or (B, R, K)
+    den = n_k * _rows_per_head(n_rows, rows)
+    den += EPS_DEN                                                     # (B, R, N)
     return dot / den, CosineCache(M, k, dot, n_k, n_rows, den, rows)
 
 
@@ -130,12 +142,21 @@ def cosine_similarity_backward(dD: np.ndarray, cache: CosineCache) -> tuple[np.n
     _expect_shape("dD", dD, dot.shape, "(B, R, N)")
     n_m = _rows_per_head(n_rows, rows)                                 # (B, 1, N) or (B, R, N)
     along = dD / den                                                   # (B, R, N) through the dot product
-    through_norms = dD * dot / (den * den)                             # (B, R, N) through the denominator
-    dk = (np.einsum(f"brn,{rows}->brw", along, M)
-          - np.sum(through_norms * n_m, axis=-1, keepdims=True) * k / n_k)          # (B, R, W)
-    dM = (np.einsum(f"brn,brw->{rows}", along, k)
-          - np.einsum(f"brn->{rows[:-1]}", through_norms * n_k)[..., None]
-          * M / n_rows[..., None])                                    # like M
+    through_norms = along * dot
+    through_norms /= den                                               # (B, R, N) dD dot / den^2
+    if rows == "bnw":
+        dk = along @ M                                                 # (B, R, W)
+        if k.shape[1] == 1:                                            # one head: an outer product
+            dM = along[:, 0, :, None] * k[:, 0, None, :]               # (B, N, W)
+        else:
+            dM = np.swapaxes(along, -1, -2) @ k                        # (B, N, W), summed over heads
+        row_scale = (through_norms * n_k).sum(axis=1)                  # (B, N): sum over heads
+    else:
+        dk = (along[..., None, :] @ M)[..., 0, :]                      # (B, R, W)
+        dM = along[..., :, None] * k[..., None, :]                     # (B, R, K, W)
+        row_scale = through_norms * n_k                                # (B, R, K)
+    dk -= ((through_norms * n_m).sum(axis=-1, keepdims=True) / n_k) * k
+    dM -= (row_scale / n_rows)[..., None] * M                          # like M
     return dM, dk
 
 
@@ -186,7 +207,7 @@ def content_backward(dw_c: np.ndarray, cache: ContentCache) -> tuple[np.ndarray,
     cosine, D, beta, w_c = cache
     _expect_shape("dw_c", dw_c, w_c.shape, "(B, R, N)")
     dz = _softmax_backward(dw_c, w_c)                                  # (B, R, N)
-    dbeta = np.sum(dz * D, axis=-1, keepdims=True)                     # (B, R, 1)
+    dbeta = (dz * D).sum(axis=-1, keepdims=True)                       # (B, R, 1)
     dM, dk = cosine_similarity_backward(beta * dz, cosine)
     return dM, dk, dbeta
 

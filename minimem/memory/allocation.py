@@ -87,19 +87,58 @@ def exclusive_cumprod(x: np.ndarray) -> np.ndarray:
 
     This is "prepend 1, drop the last element" (spec B.8, pytorch-dnc issue #59).
     """
-    ones = np.ones_like(x[..., :1])
-    return np.cumprod(np.concatenate([ones, x[..., :-1]], axis=-1), axis=-1)
+    out = np.empty_like(x)
+    out[..., :1] = 1.0
+    np.cumprod(x[..., :-1], axis=-1, out=out[..., 1:])           # no concatenate, no copy of x
+    return out
 
 
 def product_of_others(q: np.ndarray, axis: int) -> np.ndarray:
-    """O[i] = prod_{j != i} q[j] along `axis`, as (exclusive prefix) * (exclusive suffix) products.
+    """O[i] = prod_{j != i} q[j] along `axis` (of length K, the read heads).
 
-    Division-free, so a factor that is exactly 0 gives the right answer (psi / q_i would be 0/0).
+    Division-free, so a factor that is exactly 0 gives the right answer (psi / q_i would be 0/0):
+    a (K, K, ...) stack holds, in row i, every factor with q_i replaced by 1, and one product over
+    its second axis gives all K products at once (O(K^2) per element; K is a handful of heads).
     """
-    q = np.moveaxis(q, axis, -1)
-    prefix = exclusive_cumprod(q)                                # prod_{j<i} q_j
-    suffix = exclusive_cumprod(q[..., ::-1])[..., ::-1]          # prod_{j>i} q_j
-    return np.moveaxis(prefix * suffix, -1, axis)
+    q = np.moveaxis(q, axis, 0)                                  # a view: (K, ...)
+    K = q.shape[0]
+    eye = np.eye(K, dtype=bool).reshape((K, K) + (1,) * (q.ndim - 1))
+    others = np.where(eye, 1.0, q[None]).prod(axis=1)           # (K, ...): row i without q_i
+    return np.moveaxis(others, 0, axis)
+
+
+def suffix_linear_scan(coef: np.ndarray, const: np.ndarray) -> np.ndarray:
+    """S along the last axis with S[k] = const[k] + coef[k] S[k+1] and S[-1] = const[-1], i.e.
+    S[k] = sum_{j >= k} const[j] prod_{k <= i < j} coef[i], by recursive doubling: after the pass
+    with offset d each S[k] holds the first 2d terms of that sum, and the coefficient array the
+    products of 2d consecutive factors (it loses 2d - 1 entries at the end, which no later pass
+    reads). log2(N) vectorised passes, O(N log N) work, no division (exact zero factors and tiny
+    products are fine). Returns a new array; the inputs are not modified.
+    """
+    S = const.copy()
+    N, d = S.shape[-1], 1
+    while d < N:
+        S[..., :N - d] += coef[..., :N - d] * S[..., d:]         # the right side is evaluated first
+        if 2 * d < N:                                            # products of 2d factors, for the next pass
+            coef = coef[..., :coef.shape[-1] - d] * coef[..., d:]
+        d *= 2
+    return S
+
+
+def _gather_last(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """np.take_along_axis(x, index, axis=-1) for an index shaped like x, by flat fancy indexing."""
+    shape = (int(np.prod(x.shape[:-1])), x.shape[-1])
+    rows = np.arange(shape[0])[:, None]
+    return x.reshape(shape)[rows, index.reshape(shape)].reshape(x.shape)
+
+
+def _scatter_last(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """out with out[..., index[..., j]] = values[..., j] (np.put_along_axis into a new array)."""
+    shape = (int(np.prod(values.shape[:-1])), values.shape[-1])
+    out = np.empty(values.shape, dtype=values.dtype)             # C order: reshape is a view
+    rows = np.arange(shape[0])[:, None]
+    out.reshape(shape)[rows, index.reshape(shape)] = values.reshape(shape)
+    return out
 
 
 # ----------------------------------------------------------------- retention (B.3 step 5)
@@ -136,7 +175,7 @@ def retention_backward(dpsi: np.ndarray, cache: RetentionCache) -> tuple[np.ndar
     """
     free_gates, w_r_prev, q = cache
     dq = dpsi[:, None, :] * product_of_others(q, axis=1)         # (B, R, N)
-    dfree_gates = -np.sum(dq * w_r_prev, axis=-1)                # (B, R)
+    dfree_gates = -(dq * w_r_prev).sum(axis=-1)                  # (B, R)
     dw_r_prev = -free_gates[..., None] * dq                      # (B, R, N)
     return dfree_gates, dw_r_prev
 
@@ -279,10 +318,9 @@ def allocation_forward(usage: np.ndarray, phi: np.ndarray | None = None,
     uh = eps + (1.0 - eps) * usage                                # (B, N) floored usage
     # The sort order is a constant of the backward pass (spec B.4); it goes into the cache.
     phi = np.argsort(uh, axis=-1, kind="stable") if phi is None else _check_permutation(phi, usage)
-    x = np.take_along_axis(uh, phi, axis=-1)                      # (B, N) sorted ascending
+    x = _gather_last(uh, phi)                                     # (B, N) sorted ascending
     prefix = exclusive_cumprod(x)                                 # (B, N) P_j = prod_{i<j} x_i
-    a = np.empty_like(x)
-    np.put_along_axis(a, phi, (1.0 - x) * prefix, axis=-1)       # (B, N) back in slot order
+    a = _scatter_last((1.0 - x) * prefix, phi)                    # (B, N) back in slot order
     return a, AllocationCache(phi, x, prefix, float(eps))
 
 
@@ -290,21 +328,23 @@ def allocation_backward(da: np.ndarray, cache: AllocationCache) -> np.ndarray:
     """Adjoint of eq. (1) with phi held constant (spec B.4). Returns dusage, shaped like usage.
 
     In sorted order, a_j = (1 - x_j) P_j, so d a_j / d x_j = -P_j, and for k < j
-    d a_j / d x_k = (1 - x_j) prod_{i<j, i != k} x_i: the exclusive cumprod with factor k left out.
-    Computing that as a_j / x_k would divide by a usage that may be exactly 0 (eps = 0) or lose the
-    value to underflow, so it is built without division: row k of an (N, N) matrix holds x with
-    x_k replaced by 1, and its exclusive cumprod along the row gives every prod_{i<j, i != k} x_i.
-    O(N^2) per batch element, the same order as the link matrix.
+    d a_j / d x_k = (1 - x_j) prod_{i<j, i != k} x_i = (1 - x_j) P_k prod_{k<i<j} x_i: the prefix
+    product with factor k left out. Computing that as a_j / x_k would divide by a usage that may be
+    exactly 0 (eps = 0) or lose the value to underflow, so it is built without division:
+
+        dx_k = P_k (S_k - da_k),   S_k = sum_{j>k} (1 - x_j) da_j prod_{k<i<j} x_i,
+
+    and S obeys the backward recurrence S_{N-1} = 0, S_k = (1 - x_{k+1}) da_{k+1} + x_{k+1} S_{k+1},
+    evaluated by suffix_linear_scan (log2 N vectorised passes; no N x N matrix).
     """
     phi, x, prefix, eps = cache
-    N = x.shape[-1]
-    da_sorted = np.take_along_axis(da, phi, axis=-1)              # (B, N) in sorted order
-    x_without = np.where(np.eye(N, dtype=bool), 1.0, x[..., None, :])   # (B, N, N) row k: x_k -> 1
-    prod_without = np.triu(exclusive_cumprod(x_without), k=1)     # (B, N, N) [k, j], kept for j > k
-    dx = -da_sorted * prefix + np.sum(prod_without * ((1.0 - x) * da_sorted)[..., None, :], axis=-1)
-    dusage = np.empty_like(dx)
-    np.put_along_axis(dusage, phi, (1.0 - eps) * dx, axis=-1)    # (B, N) back in slot order
-    return dusage
+    da_sorted = _gather_last(np.asarray(da), phi)                 # (B, N) in sorted order
+    const = np.zeros(x.shape, dtype=np.result_type(x, da_sorted))
+    np.multiply(1.0 - x[..., 1:], da_sorted[..., 1:], out=const[..., :-1])   # (1 - x_{k+1}) da_{k+1}
+    coef = np.ones_like(x)
+    coef[..., :-1] = x[..., 1:]                                   # x_{k+1}; the last one is never used
+    dx = prefix * (suffix_linear_scan(coef, const) - da_sorted)  # (B, N)
+    return _scatter_last((1.0 - eps) * dx, phi)                   # (B, N) back in slot order
 
 
 def allocation_autodiff(usage, phi: np.ndarray | None = None, eps: float = ALLOCATION_EPS) -> ad.Tensor:
@@ -358,8 +398,8 @@ def write_weighting_backward(dw_w: np.ndarray, cache: WriteWeightingCache):
     dmix = g_w * dw_w                                              # (B, N)
     da = g_a * dmix
     dc_w = (1.0 - g_a) * dmix
-    dg_a = np.sum(dmix * (a - c_w), axis=-1, keepdims=True)       # (B, 1)
-    dg_w = np.sum(dw_w * mix, axis=-1, keepdims=True)             # (B, 1)
+    dg_a = (dmix * (a - c_w)).sum(axis=-1, keepdims=True)         # (B, 1)
+    dg_w = (dw_w * mix).sum(axis=-1, keepdims=True)               # (B, 1)
     return da, dc_w, dg_a, dg_w
 
 

@@ -33,6 +33,7 @@ memory primitives it feeds (minimem.memory.dnc_access), so the access step never
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -50,6 +51,12 @@ def interface_size(R: int, W: int) -> int:
 
 def interface_layout(R: int, W: int) -> dict[str, slice]:
     """The slices of xi_t along its last axis, in storage order (the table of the module docstring)."""
+    return dict(_layout(R, W))
+
+
+@lru_cache(maxsize=32)
+def _layout(R: int, W: int) -> dict[str, slice]:
+    """interface_layout, computed once per (R, W) for the per-step functions (which only read it)."""
     sizes = (("k_r", R * W), ("beta_hat_r", R), ("k_w", W), ("beta_hat_w", 1), ("e_hat", W),
              ("nu", W), ("f_hat", R), ("g_hat_a", 1), ("g_hat_w", 1), ("pi_hat", 3 * R))
     layout, start = {}, 0
@@ -63,7 +70,8 @@ def interface_layout(R: int, W: int) -> dict[str, slice]:
 def sigmoid(z: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-z)) in the two-branch form (exp of a non-positive number only)."""
     e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    d = 1.0 + e
+    return np.where(z >= 0, 1.0 / d, e / d)
 
 
 def softplus(z: np.ndarray) -> np.ndarray:
@@ -78,7 +86,8 @@ def strength(z: np.ndarray, kind: str) -> np.ndarray:
 
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = np.exp(z - np.max(z, axis=-1, keepdims=True))
-    return z / np.sum(z, axis=-1, keepdims=True)
+    z /= z.sum(axis=-1, keepdims=True)
+    return z
 
 
 # ----------------------------------------------------------------- the parsed interface
@@ -127,17 +136,27 @@ def interface_forward(xi: np.ndarray, R: int, W: int,
     xi = np.asarray(xi)
     _check_xi(xi, R, W, strengths)
     B = xi.shape[0]
-    s = interface_layout(R, W)
+    s = _layout(R, W)
+    # The squashing functions act elementwise, so each is applied once to the contiguous block of
+    # columns that holds all its pieces (the strengths sit in [beta_hat_r .. beta_hat_w], the gates
+    # in [e_hat .. g_hat_w]; the identity columns in between are squashed too and never used).
+    # Each entry gets exactly the value the per-piece formula gives.
+    lo, hi = s["beta_hat_r"].start, s["beta_hat_w"].stop
+    strengths_block = strength(xi[:, lo:hi], strengths)                       # (B, R + W + 1)
+    beta_r, beta_w = strengths_block[:, :R], strengths_block[:, hi - lo - 1:]
+    g0, g1 = s["e_hat"].start, s["g_hat_w"].stop
+    gates = sigmoid(xi[:, g0:g1])                                             # (B, 2W + R + 2)
+    cut = lambda name: gates[:, s[name].start - g0:s[name].stop - g0]
     parsed = Interface(
         k_r=xi[:, s["k_r"]].reshape(B, R, W),                                 # (B, R, W)
-        beta_r=strength(xi[:, s["beta_hat_r"]], strengths)[..., None],        # (B, R, 1)
+        beta_r=beta_r[..., None],                                             # (B, R, 1)
         k_w=xi[:, None, s["k_w"]],                                            # (B, 1, W)
-        beta_w=strength(xi[:, s["beta_hat_w"]], strengths)[:, None],          # (B, 1, 1)
-        e=sigmoid(xi[:, None, s["e_hat"]]),                                   # (B, 1, W)
+        beta_w=beta_w[:, None],                                               # (B, 1, 1)
+        e=cut("e_hat")[:, None],                                              # (B, 1, W)
         nu=xi[:, None, s["nu"]],                                              # (B, 1, W)
-        free_gates=sigmoid(xi[:, s["f_hat"]]),                                # (B, R)
-        g_a=sigmoid(xi[:, s["g_hat_a"]]),                                     # (B, 1)
-        g_w=sigmoid(xi[:, s["g_hat_w"]]),                                     # (B, 1)
+        free_gates=cut("f_hat"),                                              # (B, R)
+        g_a=cut("g_hat_a"),                                                   # (B, 1)
+        g_w=cut("g_hat_w"),                                                   # (B, 1)
         pi=_softmax(xi[:, s["pi_hat"]].reshape(B, R, READ_MODE_COUNT)),       # (B, R, 3)
     )
     return parsed, InterfaceCache(xi, parsed, R, W, strengths)
@@ -152,21 +171,23 @@ def interface_backward(dinterface: Interface, cache: InterfaceCache) -> np.ndarr
     """
     xi, parsed, R, W, _ = cache
     B = xi.shape[0]
-    s = interface_layout(R, W)
+    s = _layout(R, W)
     d = dinterface
     gate_grad = lambda dg, g: dg * g * (1.0 - g)                              # sigmoid'
     dxi = np.empty_like(xi)                                                   # (B, I), every entry set below
     dxi[:, s["k_r"]] = d.k_r.reshape(B, R * W)
-    dxi[:, s["beta_hat_r"]] = d.beta_r[..., 0] * sigmoid(xi[:, s["beta_hat_r"]])
+    lo, hi = s["beta_hat_r"].start, s["beta_hat_w"].stop
+    slope = sigmoid(xi[:, lo:hi])                                             # strengths' derivative, one call
+    dxi[:, s["beta_hat_r"]] = d.beta_r[..., 0] * slope[:, :R]
     dxi[:, s["k_w"]] = d.k_w[:, 0]
-    dxi[:, s["beta_hat_w"]] = d.beta_w[:, 0] * sigmoid(xi[:, s["beta_hat_w"]])
+    dxi[:, s["beta_hat_w"]] = d.beta_w[:, 0] * slope[:, hi - lo - 1:]
     dxi[:, s["e_hat"]] = gate_grad(d.e, parsed.e)[:, 0]
     dxi[:, s["nu"]] = d.nu[:, 0]
     dxi[:, s["f_hat"]] = gate_grad(d.free_gates, parsed.free_gates)
     dxi[:, s["g_hat_a"]] = gate_grad(d.g_a, parsed.g_a)
     dxi[:, s["g_hat_w"]] = gate_grad(d.g_w, parsed.g_w)
     pi = parsed.pi
-    dpi_hat = pi * (d.pi - np.sum(pi * d.pi, axis=-1, keepdims=True))       # (B, R, 3) softmax VJP
+    dpi_hat = pi * (d.pi - (pi * d.pi).sum(axis=-1, keepdims=True))       # (B, R, 3) softmax VJP
     dxi[:, s["pi_hat"]] = dpi_hat.reshape(B, R * READ_MODE_COUNT)
     return dxi
 
@@ -176,7 +197,7 @@ def interface_autodiff(xi, R: int, W: int, strengths: str = "oneplus") -> Interf
     xi = ad.as_tensor(xi)
     _check_xi(xi, R, W, strengths)
     B = xi.shape[0]
-    s = interface_layout(R, W)
+    s = _layout(R, W)
 
     def positive(z):
         return 1.0 + ad.softplus(z) if strengths == "oneplus" else ad.softplus(z)

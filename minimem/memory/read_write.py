@@ -14,7 +14,8 @@ applying the heads one after another (then a later erase would also erase an ear
 
 Pairs follow the addressing module: `<thing>_forward -> (out, cache)`, `<thing>_backward(dout,
 cache)` returns one gradient per forward input, `<thing>_autodiff` is the autodiff twin and
-`<thing>_op` the manual pair as one autodiff node. Nothing loops over B, heads or N.
+`<thing>_op` the manual pair as one autodiff node. Nothing loops over B, heads or N; the
+sums over slots and words are batched matrix products (np.matmul), not einsum.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def read_forward(M: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, ReadCache]:
     """
     M, w = np.asarray(M), np.asarray(w)
     _validate_read(M, w)
-    r = np.einsum("brn,bnw->brw", w, M)                                 # (B, R, W)
+    r = w @ M                                                           # (B, R, W), batched matmul
     return r, ReadCache(M, w)
 
 
@@ -58,8 +59,8 @@ def read_backward(dr: np.ndarray, cache: ReadCache) -> tuple[np.ndarray, np.ndar
     """Adjoint of eq. (2) (spec A.4). Returns (dM, dw): dM_i = sum_r w_r(i) dr_r, dw_r(i) = M_i . dr_r."""
     M, w = cache
     _expect_shape("dr", dr, (M.shape[0], w.shape[1], M.shape[2]), "(B, R, W)")
-    dM = np.einsum("brn,brw->bnw", w, dr)                               # (B, N, W)
-    dw = np.einsum("brw,bnw->brn", dr, M)                               # (B, R, N)
+    dM = np.swapaxes(w, -1, -2) @ dr                                    # (B, N, W)
+    dw = dr @ np.swapaxes(M, -1, -2)                                    # (B, R, N)
     return dM, dw
 
 
@@ -76,7 +77,9 @@ class WriteCache(NamedTuple):
     w: np.ndarray        # (B, H, N) write weightings
     e: np.ndarray        # (B, H, W) erase vectors
     a: np.ndarray        # (B, H, W) add vectors
-    keep: np.ndarray     # (B, N, W) prod_h (1 - w_h e_h^T), what the erase leaves of M
+    keep: np.ndarray     # (B, N, W) prod_h (1 - w_h e_h^T), what the erase leaves of M; None for
+                         # one head of M's dtype: the backward recomputes it (one multiply, cheaper
+                         # than holding a fresh (B, N, W) array per step for all of BPTT)
 
 
 def _validate_write(M, w, e, a) -> None:
@@ -117,9 +120,17 @@ def write_forward(M: np.ndarray, w: np.ndarray, e: np.ndarray, a: np.ndarray) ->
     """
     M, w, e, a = (np.asarray(x) for x in (M, w, e, a))
     _validate_write(M, w, e, a)
-    erase = 1.0 - w[..., :, None] * e[..., None, :]                     # (B, H, N, W)
-    keep = np.prod(erase, axis=1)                                       # (B, N, W)
-    M_new = M * keep + np.einsum("bhn,bhw->bnw", w, a)                  # (B, N, W)
+    if w.shape[1] == 1 and np.result_type(w, e) == np.result_type(M, w, e, a):
+        # One write head (the DNC): no product over heads and, as keep is not cached, one (B, N, W)
+        # buffer turned in place into 1 - w e^T, then M * (1 - w e^T), then + w a^T (the same
+        # operations in the same order as the general branch, without its temporaries).
+        M_new = w[:, 0, :, None] * e[:, 0, None, :]                     # (B, N, W) w e^T
+        np.subtract(1.0, M_new, out=M_new)                              # keep
+        M_new *= M
+        M_new += w[:, 0, :, None] * a[:, 0, None, :]                    # + outer product w a^T
+        return M_new, WriteCache(M, w, e, a, None)
+    keep = np.prod(1.0 - w[..., :, None] * e[..., None, :], axis=1)    # (B, N, W) product over heads
+    M_new = M * keep + np.swapaxes(w, -1, -2) @ a                       # (B, N, W) sum over heads
     return M_new, WriteCache(M, w, e, a, keep)
 
 
@@ -133,13 +144,19 @@ def write_backward(dM_new: np.ndarray, cache: WriteCache) -> tuple[np.ndarray, .
     """
     M, w, e, a, keep = cache
     _expect_shape("dM_new", dM_new, M.shape, "(B, N, W)")
+    if keep is None:                                                    # one head: recompute it
+        keep = 1.0 - w[:, 0, :, None] * e[:, 0, None, :]                # (B, N, W)
     dM = dM_new * keep                                                  # (B, N, W)
-    others = _exclusive_products(1.0 - w[..., :, None] * e[..., None, :], axis=1)  # (B, H, N, W)
-    derase = (dM_new * M)[:, None] * others                             # (B, H, N, W) d/d(1 - w_h e_h)
-    dw = (np.einsum("bnw,bhw->bhn", dM_new, a)
-          - np.einsum("bhnw,bhw->bhn", derase, e))                      # (B, H, N)
-    de = -np.einsum("bhnw,bhn->bhw", derase, w)                         # (B, H, W)
-    da = np.einsum("bnw,bhn->bhw", dM_new, w)                           # (B, H, W)
+    dM_M = dM_new * M                                                   # (B, N, W)
+    if w.shape[1] == 1:                                                 # one head: no other factors
+        derase = dM_M[:, None]                                          # (B, 1, N, W)
+    else:
+        others = _exclusive_products(1.0 - w[..., :, None] * e[..., None, :], axis=1)  # (B, H, N, W)
+        derase = dM_M[:, None] * others                                 # (B, H, N, W) d/d(1 - w_h e_h)
+    dw = (a @ np.swapaxes(dM_new, -1, -2)                               # (B, H, N): sum_k dM'(i,k) a_h(k)
+          - (derase @ e[..., :, None])[..., 0])                         # - sum_k derase_h(i,k) e_h(k)
+    de = -(w[..., None, :] @ derase)[..., 0, :]                         # (B, H, W)
+    da = w @ dM_new                                                     # (B, H, W)
     return dM, dw, de, da
 
 

@@ -37,7 +37,8 @@ from minimem.nn.linear import (
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     """Logistic function that never overflows (exp of a non-positive number only)."""
     e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    d = 1.0 + e
+    return np.where(z >= 0, 1.0 / d, e / d)
 
 
 def _lstm_shapes(params: Mapping[str, np.ndarray]) -> tuple[int, int]:
@@ -86,10 +87,11 @@ def lstm_step_forward(x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, par
             raise ValueError(f"{name} must have shape (B, H) = {(B, H)}; got {state.shape}")
     W_x, W_h, b = params["W_x"], params["W_h"], params["b"]
     z = x @ W_x + h_prev @ W_h + b                              # (B, 4H)  eq. (1)
-    i = _sigmoid(z[:, 0:H])                                     # (B, H)   eq. (2)
-    f = _sigmoid(z[:, H:2 * H])
+    gates = _sigmoid(z)                                         # (B, 4H)  eq. (2), one call for i, f, o
+    i = gates[:, 0:H]                                           # (the g block's sigmoid is unused)
+    f = gates[:, H:2 * H]
     g = np.tanh(z[:, 2 * H:3 * H])
-    o = _sigmoid(z[:, 3 * H:4 * H])
+    o = gates[:, 3 * H:4 * H]
     c = f * c_prev + i * g                                      # eq. (3)
     tanh_c = np.tanh(c)
     h = o * tanh_c                                              # eq. (4)
@@ -103,16 +105,18 @@ def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
     Returns (dx (B, X), dh_prev (B, H), dc_prev (B, H), {"W_x", "W_h", "b"} gradients).
     """
     x, h_prev, c_prev, i, f, g, o, _, tanh_c, W_x, W_h = cache
+    H = i.shape[1]
     do = dh * tanh_c                                            # eq. (4)
     dc_total = dc + dh * o * (1.0 - tanh_c * tanh_c)            # c_t feeds h_t and c_{t+1}
     di = dc_total * g                                           # eq. (3)
     df = dc_total * c_prev
     dg = dc_total * i
     dc_prev = dc_total * f
-    dz = np.concatenate([di * i * (1.0 - i),                     # (B, 4H)  eq. (2)
-                         df * f * (1.0 - f),
-                         dg * (1.0 - g * g),
-                         do * o * (1.0 - o)], axis=1)
+    dz = np.empty((di.shape[0], 4 * H), dtype=np.result_type(di, do))   # (B, 4H)  eq. (2)
+    dz[:, 0:H] = di * i * (1.0 - i)
+    dz[:, H:2 * H] = df * f * (1.0 - f)
+    dz[:, 2 * H:3 * H] = dg * (1.0 - g * g)
+    dz[:, 3 * H:] = do * o * (1.0 - o)
     dx = dz @ W_x.T                                             # (B, X)   eq. (1)
     dh_prev = dz @ W_h.T                                        # (B, H)
     grads = {"W_x": x.T @ dz, "W_h": h_prev.T @ dz, "b": dz.sum(axis=0)}
