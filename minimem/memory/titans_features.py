@@ -41,6 +41,12 @@ def _sum_rows(x: np.ndarray) -> np.ndarray:
     return x.reshape(-1, x.shape[-1]).sum(axis=0)
 
 
+def _rows_at(x: np.ndarray, W: np.ndarray) -> np.ndarray:
+    """x W for rows x (..., X) and one matrix W (X, Y) -> (..., Y), as a single matrix product over
+    all the rows (`x @ W` on a (T, B, X) array would be T small products of B rows each)."""
+    return (x.reshape(-1, x.shape[-1]) @ W).reshape(x.shape[:-1] + (W.shape[-1],))
+
+
 def _rows_T_at(x: np.ndarray, g: np.ndarray) -> np.ndarray:
     """x^T g summed over all leading axes: x (..., X), g (..., Y) -> (X, Y)."""
     return x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
@@ -54,8 +60,14 @@ def silu_forward(a: np.ndarray):
 
 
 def silu_backward(dout: np.ndarray, cache) -> np.ndarray:
+    """dout * SiLU'(a) = dout s (1 + a (1 - s)), from the cached sigma(a) (no second exp)."""
     a, s = cache
-    return dout * s * (1.0 + a * (1.0 - s))
+    d = 1.0 - s
+    d *= a
+    d += 1.0
+    d *= s
+    d *= dout
+    return d
 
 
 def silu_autodiff(a) -> ad.Tensor:
@@ -78,9 +90,12 @@ def causal_conv_forward(z: np.ndarray, w: np.ndarray, buffer: np.ndarray | None 
     if buffer is None:
         buffer = np.zeros((K - 1, B, C), dtype=z.dtype)
     zpad = np.concatenate([buffer, z], axis=0)                   # (T + K_c - 1, B, C)
-    out = np.zeros_like(z)
-    for j in range(K):                                           # loop over the K_c taps only
-        out += w[:, j] * zpad[j:j + T]
+    wT = np.ascontiguousarray(w.T)                               # (K_c, C): contiguous rows per tap
+    out = wT[0] * zpad[0:T]
+    tap = np.empty_like(out)
+    for j in range(1, K):                                        # loop over the K_c taps only
+        np.multiply(wT[j], zpad[j:j + T], out=tap)
+        out += tap
     return out, zpad[T:].copy(), (zpad, w)
 
 
@@ -93,9 +108,13 @@ def causal_conv_backward(dout: np.ndarray, cache, dbuffer_out: np.ndarray | None
     K = w.shape[1]
     dzpad = np.zeros_like(zpad)
     dw = np.empty_like(w)
+    tap = np.empty_like(dout)
+    wT = np.ascontiguousarray(w.T)                               # (K_c, C)
     for j in range(K):
-        dzpad[j:j + T] += w[:, j] * dout
-        dw[:, j] = _sum_rows(zpad[j:j + T] * dout)
+        np.multiply(wT[j], dout, out=tap)
+        dzpad[j:j + T] += tap
+        np.multiply(zpad[j:j + T], dout, out=tap)
+        dw[:, j] = _sum_rows(tap)
     if dbuffer_out is not None:
         dzpad[T:] += dbuffer_out
     return dzpad[K - 1:], dw, dzpad[:K - 1]
@@ -126,7 +145,11 @@ def l2norm_forward(x: np.ndarray, eps: float):
 def l2norm_backward(dy: np.ndarray, cache) -> np.ndarray:
     """dx = dy / n - x (x . dy) / n^3 (spec A4.2)."""
     x, n = cache
-    return dy / n - x * np.sum(x * dy, axis=-1, keepdims=True) / n ** 3
+    c = np.sum(x * dy, axis=-1, keepdims=True)
+    c /= n ** 3
+    dx = dy / n
+    dx -= x * c
+    return dx
 
 
 def l2norm_autodiff(x, eps: float) -> ad.Tensor:
@@ -163,7 +186,7 @@ def lmm_features_forward(x: np.ndarray, params: Mapping[str, np.ndarray], H: int
     buffers = conv_state if conv_state is not None else (None, None, None)
     feats, conv_caches, silu_caches, new_state = [], [], [], []
     for name, buffer in zip("qkv", buffers):
-        z = x @ params[f"W_{name}"]                               # (T, B, C)   (A1)
+        z = _rows_at(x, params[f"W_{name}"])                      # (T, B, C)   (A1)
         z, new_buffer, cc = causal_conv_forward(z, params[f"conv_{name}"], buffer)   # (A2)
         z, sc = silu_forward(z)                                   # (A3)
         feats.append(z.reshape(T, B, H, C // H))                  # (T, B, H, d)
@@ -173,9 +196,11 @@ def lmm_features_forward(x: np.ndarray, params: Mapping[str, np.ndarray], H: int
     q, qn = l2norm_forward(feats[0], eps_n)                       # (A4)
     k, kn = l2norm_forward(feats[1], eps_n)
     v = feats[2]
-    alpha = _sigmoid(x @ params["w_alpha"] + params["b_alpha"])  # (T, B, H)  (A5)
-    eta = _sigmoid(x @ params["w_eta"] + params["b_eta"])        # (A6)
-    theta = theta_max * _sigmoid(x @ params["w_theta"] + params["b_theta"])   # (A7)
+    H3 = np.concatenate([params["w_alpha"], params["w_eta"], params["w_theta"]], axis=1)     # (D, 3H)
+    b3 = np.concatenate([params["b_alpha"], params["b_eta"], params["b_theta"]])
+    s3 = _sigmoid(_rows_at(x, H3) + b3)                          # (T, B, 3H): the three gates in one pass
+    alpha, eta = s3[..., :H], s3[..., H:2 * H]                   # (T, B, H)  (A5), (A6)
+    theta = theta_max * s3[..., 2 * H:]                          # (A7)
     cache = FeaturesCache(x, params, tuple(conv_caches), tuple(silu_caches), (qn, kn),
                           (alpha, eta, theta), theta_max)
     return (q, k, v), (alpha, eta, theta), tuple(new_state), cache
@@ -202,15 +227,18 @@ def lmm_features_backward(dqkv: tuple, dgates: tuple, cache: FeaturesCache, dcon
         dz, grads[f"conv_{name}"], dbuf = causal_conv_backward(
             dz, conv_caches[i], None if dconv_state is None else dconv_state[i])      # (A2)
         grads[f"W_{name}"] = _rows_T_at(x, dz)                                      # (A1)
-        dx += dz @ params[f"W_{name}"].T
+        dx += _rows_at(dz, params[f"W_{name}"].T)
         dbuffers.append(dbuf)
     dalpha, deta, dtheta = dgates
-    for name, dp in (("alpha", dalpha * alpha * (1.0 - alpha)),                     # (A5)
-                     ("eta", deta * eta * (1.0 - eta)),                             # (A6)
-                     ("theta", dtheta * theta * (1.0 - theta / theta_max))):        # (A7)
-        grads[f"w_{name}"] = _rows_T_at(x, dp)
-        grads[f"b_{name}"] = _sum_rows(dp)
-        dx += dp @ params[f"w_{name}"].T
+    H = alpha.shape[-1]
+    dp = np.concatenate([dalpha * alpha * (1.0 - alpha),                           # (A5)
+                         deta * eta * (1.0 - eta),                                 # (A6)
+                         dtheta * theta * (1.0 - theta / theta_max)], axis=-1)     # (A7)  (T, B, 3H)
+    dw, db = _rows_T_at(x, dp), _sum_rows(dp)                    # (D, 3H), (3H,)
+    for i, name in enumerate(("alpha", "eta", "theta")):
+        grads[f"w_{name}"] = np.ascontiguousarray(dw[:, i * H:(i + 1) * H])
+        grads[f"b_{name}"] = db[i * H:(i + 1) * H].copy()
+    dx += _rows_at(dp, np.concatenate([params["w_alpha"], params["w_eta"], params["w_theta"]], axis=1).T)
     return dx, {name: grads[name] for name in FEATURE_NAMES}, tuple(dbuffers)
 
 
@@ -245,7 +273,7 @@ def lmm_queries_forward(x: np.ndarray, params: Mapping[str, np.ndarray], H: int,
     """
     T, B, _ = x.shape
     C = params["W_q"].shape[1]
-    z, new_buffer, cc = causal_conv_forward(x @ params["W_q"], params["conv_q"], buffer)
+    z, new_buffer, cc = causal_conv_forward(_rows_at(x, params["W_q"]), params["conv_q"], buffer)
     z, sc = silu_forward(z)
     q, nc = l2norm_forward(z.reshape(T, B, H, C // H), eps_n)
     return q, new_buffer, (x, params, cc, sc, nc)
@@ -257,7 +285,7 @@ def lmm_queries_backward(dq: np.ndarray, cache, dbuffer_out: np.ndarray | None =
     T, B, _ = x.shape
     dz = silu_backward(l2norm_backward(dq, nc).reshape(T, B, -1), sc)
     dz, dconv, dbuffer = causal_conv_backward(dz, cc, dbuffer_out)
-    return dz @ params["W_q"].T, {"W_q": _rows_T_at(x, dz), "conv_q": dconv}, dbuffer
+    return _rows_at(dz, params["W_q"].T), {"W_q": _rows_T_at(x, dz), "conv_q": dconv}, dbuffer
 
 
 def lmm_queries_autodiff(x, tparams: Mapping[str, ad.Tensor], H: int, eps_n: float = 1e-6, buffer=None):
@@ -292,8 +320,8 @@ def lmm_output_forward(y: np.ndarray, x: np.ndarray, params: Mapping[str, np.nda
     T, B, H, d = y.shape
     n = np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + RMS_EPS)    # (T, B, H, 1)
     r = (y / n * params["out_norm.g"]).reshape(T, B, H * d)            # (T, B, C)  (A20)
-    gate, sc = silu_forward(x @ params["W_gate"])                      # (T, B, C)
-    o = (r * gate) @ params["W_o"]                                     # (T, B, D)  (A21)
+    gate, sc = silu_forward(_rows_at(x, params["W_gate"]))             # (T, B, C)
+    o = _rows_at(r * gate, params["W_o"])                              # (T, B, D)  (A21)
     return o, OutputCache(x, y, n, r, sc, gate, params)
 
 
@@ -303,10 +331,10 @@ def lmm_output_backward(do: np.ndarray, cache: OutputCache):
     T, B, H, d = y.shape
     g = params["out_norm.g"]
     dW_o = _rows_T_at(r * gate, do)
-    dgated = do @ params["W_o"].T                                      # (T, B, C)
+    dgated = _rows_at(do, params["W_o"].T)                             # (T, B, C)
     dgate_in = silu_backward(dgated * r, sc)
     dW_gate = _rows_T_at(x, dgate_in)
-    dx = dgate_in @ params["W_gate"].T
+    dx = _rows_at(dgate_in, params["W_gate"].T)
     dr = (dgated * gate).reshape(T, B, H, d)
     yhat = y / n
     dg = _sum_rows(dr * yhat)

@@ -100,13 +100,29 @@ def decay_products(A: np.ndarray) -> np.ndarray:
     n = A.shape[-1]
     zero = A == 0
     logs = np.log(np.where(zero, 1.0, A))
-    start = np.zeros(A.shape[:-1] + (1,))
-    c = np.concatenate([start, np.cumsum(logs, axis=-1)], axis=-1)          # (..., n+1)
-    cz = np.concatenate([start, np.cumsum(zero, axis=-1)], axis=-1)
-    lower = np.tril(np.ones((n + 1, n + 1), dtype=bool))
-    diff = np.where(lower, c[..., :, None] - c[..., None, :], 0.0)           # (..., n+1, n+1)
-    keep = lower & (cz[..., :, None] == cz[..., None, :])
-    return np.where(keep, np.exp(diff), 0.0).astype(A.dtype, copy=False)
+    c = np.zeros(A.shape[:-1] + (n + 1,))
+    np.cumsum(logs, axis=-1, out=c[..., 1:])                                  # (..., n+1)
+    cz = np.zeros(A.shape[:-1] + (n + 1,), dtype=np.intp)
+    np.cumsum(zero, axis=-1, out=cz[..., 1:])
+    diff = c[..., :, None] - c[..., None, :]                                 # (..., n+1, n+1)
+    # the cumulative logs never increase (every log <= 0, and rounding is monotone), so diff <= 0 on
+    # and below the diagonal: clipping at 0 changes only the masked upper part, whose exp may overflow
+    np.minimum(diff, 0.0, out=diff)
+    np.exp(diff, out=diff)
+    keep = cz[..., :, None] == cz[..., None, :]
+    keep &= _lower_mask(n + 1)
+    diff *= keep
+    return diff.astype(A.dtype, copy=False)
+
+
+_LOWER = {}
+
+
+def _lower_mask(n: int) -> np.ndarray:
+    """(n, n) boolean lower triangle (diagonal included), built once per size."""
+    if n not in _LOWER:
+        _LOWER[n] = np.tril(np.ones((n, n), dtype=bool))
+    return _LOWER[n]
 
 
 def chunk_matrices(alpha: np.ndarray, eta: np.ndarray):
@@ -135,7 +151,7 @@ def _T(X: np.ndarray) -> np.ndarray:
 
 def _rowdot(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Row-wise dot products: (..., n, a), (..., n, a) -> (..., n)."""
-    return np.sum(X * Y, axis=-1)
+    return np.einsum("...i,...i->...", X, Y)
 
 
 # ----------------------------------------------------------------- one chunk: dual form
@@ -154,6 +170,9 @@ class ChunkCache(NamedTuple):
     P_S: np.ndarray      # (B, H, n+1, n+2) (A18)
     rows: list           # Z_1 = q, Z_2 .. Z_L: the read inputs of every layer (B, H, n, .)
     d1: list             # phi'(A_l) of the reads, l = 1 .. L-1
+    zW: list             # Z_l W_l (B, H, n, n_l), W_l at the chunk start (reused by the backward)
+    zS: list             # Z_l S_l (B, H, n, n_l)
+    zx: list             # Z_l X_l^T (B, H, n, n): [j, i] = rho_j . x_i
     read_after_write: bool
 
 
@@ -171,7 +190,7 @@ def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", r
     B, H, n = alpha.shape
     _, _, inner = mem_inner_grad_forward(M_s, k, v, phi, per_token=False)   # (A16): u_i = x_i^T delta_i at M_s
     xs, deltas = inner.zs[:-1], inner.deltas                     # L arrays (B, H, n, n_{l-1}), (B, H, n, n_l)
-    PA, PE = decay_products(1.0 - alpha), decay_products(eta)    # (B, H, n+1, n+1)
+    PA, PE = decay_products(np.stack([1.0 - alpha, eta]))        # (B, H, n+1, n+1) each, in one pass
     LA, LE = PA[..., 1:, 1:], PE[..., 1:, 1:]                    # (B, H, n, n)
     Kmat = LA @ LE
     # (A17) and (A18) as coefficients: rows M_0..M_n (S_0..S_n), columns [M_s, S_s, u_1..u_n]
@@ -179,30 +198,39 @@ def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", r
     P_M[..., 0, 0] = 1.0
     P_M[..., 1:, 0] = PA[..., 1:, 0]                             # beta_tau
     P_M[..., 1:, 1] = (LA @ PE[..., 1:, 0:1])[..., 0]            # m_tau = LA @ exp(cE)
-    P_M[..., 1:, 2:] = -Kmat * theta[..., None, :]               # -Kmat[tau, i] theta_i
+    np.multiply(Kmat, theta[..., None, :], out=P_M[..., 1:, 2:])
+    np.negative(P_M[..., 1:, 2:], out=P_M[..., 1:, 2:])          # -Kmat[tau, i] theta_i
     P_S = np.zeros((B, H, n + 1, n + 2), dtype=alpha.dtype)
     P_S[..., 0, 1] = 1.0
     P_S[..., 1:, 1] = PE[..., 1:, 0]                             # exp(cE_tau)
-    P_S[..., 1:, 2:] = -LE * theta[..., None, :]                 # -LE[tau, i] theta_i
+    np.multiply(LE, theta[..., None, :], out=P_S[..., 1:, 2:])
+    np.negative(P_S[..., 1:, 2:], out=P_S[..., 1:, 2:])          # -LE[tau, i] theta_i
     read = P_M[..., 1:, :] if read_after_write else P_M[..., :-1, :]    # token tau reads M_tau or M_{tau-1}
     c_beta, c_m, C = read[..., 0:1], read[..., 1:2], read[..., 2:]
-    rows, d1 = [], []
+    rows, d1, zW, zS, zx = [], [], [], [], []
     z = q
     for l, (W, S, x, delta) in enumerate(zip(M_s, S_s, xs, deltas)):   # (A15) with per-token weights
         rows.append(z)
-        a = c_beta * (z @ W) + c_m * (z @ S) + (C * (z @ _T(x))) @ delta   # (B, H, n, n_l)
+        zW.append(z @ W)
+        zS.append(z @ S)
+        zx.append(z @ _T(x))
+        a = c_beta * zW[l]                                       # (B, H, n, n_l)
+        a += c_m * zS[l]
+        a += (C * zx[l]) @ delta
         if l < len(M_s) - 1:
-            z, dphi, _ = activation_derivatives(a, phi)
+            z, dphi, _ = activation_derivatives(a, phi, second=False)
             d1.append(dphi)
         else:
             z = a                                                # identity on the last layer
-    M_n = tuple(P_M[..., n, 0, None, None] * W + P_M[..., n, 1, None, None] * S + _T(x) @ (P_M[..., n, 2:, None] * delta)
+    c_n, s_n = P_M[..., n, :, None, None], P_S[..., n, :, None, None]     # (B, H, n+2, 1, 1)
+    M_n = tuple(c_n[..., 0, :, :] * W + c_n[..., 1, :, :] * S + _T(x) @ (P_M[..., n, 2:, None] * delta)
                 for W, S, x, delta in zip(M_s, S_s, xs, deltas))                          # (A17) at tau = n
-    S_n = tuple(P_S[..., n, 1, None, None] * S + _T(x) @ (P_S[..., n, 2:, None] * delta)
+    S_n = tuple(s_n[..., 1, :, :] * S + _T(x) @ (P_S[..., n, 2:, None] * delta)
                 for S, x, delta in zip(S_s, xs, deltas))                                  # (A18) at tau = n
-    K0 = np.concatenate([np.zeros((B, H, 1, n), dtype=Kmat.dtype), Kmat], axis=2)
+    K0 = np.zeros((B, H, n + 1, n), dtype=Kmat.dtype)
+    K0[..., 1:, :] = Kmat
     cache = ChunkCache(tuple(M_s), tuple(S_s), (alpha, eta, theta), inner, PA, PE, K0, P_M, P_S, rows, d1,
-                       read_after_write)
+                       zW, zS, zx, read_after_write)
     return np.moveaxis(z, 2, 0), (M_n, S_n), cache
 
 
@@ -211,7 +239,8 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     """Adjoint of lmm_chunk_forward (A4.2, the token loop solved in dual form; see the module
     docstring). dy (n, B, H, d) is the reads' gradient; dM_n, dS_n the gradients of the chunk-end
     state arriving from later chunks (carried). second_order=False drops the ADJ term: wrong on
-    purpose, for demonstrating pitfall P1 only.
+    purpose, for demonstrating pitfall P1 only. The products Z_l W_l, Z_l S_l and Z_l X_l^T come
+    from the forward's cache; g_l Delta_l^T is formed once and used in steps 1, 2 and 4.
 
     Returns:
         dq, dk, dv (n, B, H, d); dalpha, deta, dtheta (n, B, H); dM_s, dS_s (tuples like M_s).
@@ -221,14 +250,19 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     B, H, n = alpha.shape
     L = len(M_s)
     xs, deltas = inner.zs[:-1], inner.deltas
+    rows, zW, zS, zx = cache.rows, cache.zW, cache.zS, cache.zx
     reads = slice(1, n + 1) if cache.read_after_write else slice(0, n)   # the state index each token reads
     c_beta, c_m, C = P_M[..., reads, 0:1], P_M[..., reads, 1:2], P_M[..., reads, 2:]
     # 1. back through the reads: the read of token j gives M's layer l the gradient rho_j^T g_j
     gs = [None] * L                                              # g_l = dL/dA_l (B, H, n, n_l)
+    gd = [None] * L                                              # g_l Delta_l^T (B, H, n, n): [j, i] = g_j . delta_i
     da = np.moveaxis(dy, 0, 2)
     for l in reversed(range(L)):
         gs[l] = da
-        dz = c_beta * (da @ _T(M_s[l])) + c_m * (da @ _T(S_s[l])) + (C * (da @ _T(deltas[l]))) @ xs[l]
+        gd[l] = da @ _T(deltas[l])
+        dz = c_beta * (da @ _T(M_s[l]))
+        dz += c_m * (da @ _T(S_s[l]))
+        dz += (C * gd[l]) @ xs[l]
         if l > 0:
             da = dz * cache.d1[l - 1]
     dq = dz
@@ -237,38 +271,47 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     Z = np.zeros((B, H, n, n + 2), dtype=dq.dtype)
     z_M = np.zeros((B, H, n + 2), dtype=dq.dtype)
     z_S = np.zeros((B, H, n + 2), dtype=dq.dtype)
+    x_dM, x_dS = [], []                                          # x_i dM_n, x_i dS_n (B, H, n, n_l)
     for l in range(L):
-        rho, g, x, delta = cache.rows[l], gs[l], xs[l], deltas[l]
-        Z[..., 0] += _rowdot(rho @ M_s[l], g)                    # rho W g^T
-        Z[..., 1] += _rowdot(rho @ S_s[l], g)
-        Z[..., 2:] += (rho @ _T(x)) * (g @ _T(delta))            # (rho_j . x_i)(g_j . delta_i)
-        for z, G in ((z_M, dM_n[l]), (z_S, dS_n[l])):
-            z[..., 0] += np.sum(G * M_s[l], axis=(-2, -1))
-            z[..., 1] += np.sum(G * S_s[l], axis=(-2, -1))
-            z[..., 2:] += _rowdot(x @ G, delta)                  # x_i G delta_i^T
+        g, x, delta = gs[l], xs[l], deltas[l]
+        Z[..., 0] += _rowdot(zW[l], g)                           # rho W g^T
+        Z[..., 1] += _rowdot(zS[l], g)
+        Z[..., 2:] += zx[l] * gd[l]                              # (rho_j . x_i)(g_j . delta_i)
+        x_dM.append(x @ dM_n[l])
+        x_dS.append(x @ dS_n[l])
+        for z, G, xG in ((z_M, dM_n[l], x_dM[l]), (z_S, dS_n[l], x_dS[l])):
+            z[..., 0] += _inner((G,), (M_s[l],))
+            z[..., 1] += _inner((G,), (S_s[l],))
+            z[..., 2:] += _rowdot(xG, delta)                     # x_i G delta_i^T
     # 3. GM_t = sum_j PA[s_j, t] R_j + PA[n, t] dM_n,  GS_t = sum_j K0[s_j, t] R_j + K0[n, t] dM_n + PE[n, t] dS_n
     GA = _T(PA[..., reads, 1:])                                  # (B, H, n, n): [t, j] = PA[s_j, t]
     GK = _T(K0[..., reads, :])                                   # [t, j] = Kmat[s_j, t]
     PA_n, K_n, PE_n = PA[..., n, 1:], K0[..., n, :], PE[..., n, 1:]   # (B, H, n)
     M_prev, S_prev = P_M[..., :-1, :], P_S[..., :-1, :]          # coefficients of M_{t-1}, S_{t-1}
-    dalpha = -(_rowdot(GA @ Z, M_prev) + PA_n * _rowdot(M_prev, z_M[..., None, :]))    # -<GM_t, M_{t-1}>
-    deta = (_rowdot(GK @ Z, S_prev) + K_n * _rowdot(S_prev, z_M[..., None, :])
-            + PE_n * _rowdot(S_prev, z_S[..., None, :]))                                  # <GS_t, S_{t-1}>
+    dalpha = -(_rowdot(GA @ Z, M_prev) + PA_n * (M_prev @ z_M[..., None])[..., 0])    # -<GM_t, M_{t-1}>
+    deta = (_rowdot(GK @ Z, S_prev) + K_n * (S_prev @ z_M[..., None])[..., 0]
+            + PE_n * (S_prev @ z_S[..., None])[..., 0])                                   # <GS_t, S_{t-1}>
     # 4. du_t = -theta_t GS_t, which ADJ needs only as x_t du_t and du_t delta_t^T
     dtheta = np.zeros_like(alpha)
     x_du, du_delta = [], []
+    K_n, PE_n = K_n[..., None], PE_n[..., None]
+    minus_theta = -theta[..., None]
     for l in range(L):
-        rho, g, x, delta = cache.rows[l], gs[l], xs[l], deltas[l]
-        x_GS = (GK * (x @ _T(rho))) @ g + K_n[..., None] * (x @ dM_n[l]) + PE_n[..., None] * (x @ dS_n[l])
-        GS_delta = ((GK * (delta @ _T(g))) @ rho + K_n[..., None] * (delta @ _T(dM_n[l]))
-                    + PE_n[..., None] * (delta @ _T(dS_n[l])))
+        rho, g, delta = rows[l], gs[l], deltas[l]
+        x_GS = (GK * _T(zx[l])) @ g                              # [t] = sum_j GK[t, j] (x_t . rho_j) g_j
+        x_GS += K_n * x_dM[l]
+        x_GS += PE_n * x_dS[l]
+        GS_delta = (GK * _T(gd[l])) @ rho
+        GS_delta += K_n * (delta @ _T(dM_n[l]))
+        GS_delta += PE_n * (delta @ _T(dS_n[l]))
         dtheta -= _rowdot(x_GS, delta)                           # -<GS_t, x_t^T delta_t>
-        x_du.append(-theta[..., None] * x_GS)
-        du_delta.append(-theta[..., None] * GS_delta)
+        x_du.append(minus_theta * x_GS)
+        du_delta.append(minus_theta * GS_delta)
     # 5. the chunk-start state: every M_tau holds beta_tau M_s + m_tau S_s, every S_tau P_E[tau, 0] S_s
-    dM_s = [_T(cache.rows[l]) @ (c_beta * gs[l]) + P_M[..., n, 0, None, None] * dM_n[l] for l in range(L)]
-    dS_s = [_T(cache.rows[l]) @ (c_m * gs[l]) + P_M[..., n, 1, None, None] * dM_n[l]
-            + P_S[..., n, 1, None, None] * dS_n[l] for l in range(L)]
+    c_n, s_n = P_M[..., n, :, None, None], P_S[..., n, :, None, None]     # (B, H, n+2, 1, 1)
+    dM_s = [_T(rows[l]) @ (c_beta * gs[l]) + c_n[..., 0, :, :] * dM_n[l] for l in range(L)]
+    dS_s = [_T(rows[l]) @ (c_m * gs[l]) + c_n[..., 1, :, :] * dM_n[l] + s_n[..., 1, :, :] * dS_n[l]
+            for l in range(L)]
     if second_order:                                             # u_t = grad l(M_s; k_t, v_t): ADJ
         dM_inner, dk, dv = mem_inner_grad_adjoint_projected(x_du, du_delta, inner)
         dM_s = [a + b for a, b in zip(dM_s, dM_inner)]

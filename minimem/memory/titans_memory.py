@@ -40,9 +40,13 @@ ACTIVATIONS = ("silu", "tanh")
 
 # ----------------------------------------------------------------- activation and its derivatives
 def _sigmoid(a: np.ndarray) -> np.ndarray:
-    """Logistic function that never overflows (exp of a non-positive number only)."""
-    e = np.exp(-np.abs(a))
-    return np.where(a >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    """Logistic function 1 / (1 + exp(-a)): one exp, one add, one reciprocal, within a few ulp
+    everywhere. Far below zero (float64: a < -709) exp(-a) overflows to inf (the warning is
+    silenced) and the result is 0, against a true value below the smallest normal number."""
+    with np.errstate(over="ignore"):
+        e = np.exp(np.negative(a, dtype=np.result_type(a, 0.0)))
+    e = np.add(e, 1.0, out=np.empty(np.shape(e), dtype=e.dtype))
+    return np.reciprocal(e, out=e)
 
 
 def check_activation(phi: str) -> str:
@@ -51,16 +55,29 @@ def check_activation(phi: str) -> str:
     return phi
 
 
-def activation_derivatives(a: np.ndarray, phi: str):
+def activation_derivatives(a: np.ndarray, phi: str, second: bool = True):
     """(phi(a), phi'(a), phi''(a)), spec A3.3:
     SiLU: phi = a s, phi' = s (1 + a (1 - s)), phi'' = s (1 - s) (2 + a (1 - 2 s)), s = sigma(a);
-    tanh: phi' = 1 - tanh^2, phi'' = -2 tanh (1 - tanh^2)."""
+    tanh: phi' = 1 - tanh^2, phi'' = -2 tanh (1 - tanh^2).
+    second=False skips phi'' and returns None in its place (the reads need only phi and phi')."""
     if phi == "silu":
         s = _sigmoid(a)
-        return a * s, s * (1.0 + a * (1.0 - s)), s * (1.0 - s) * (2.0 + a * (1.0 - 2.0 * s))
+        one_minus = 1.0 - s
+        d1 = a * one_minus
+        d1 += 1.0
+        d1 *= s                                                  # s (1 + a (1 - s))
+        if not second:
+            return a * s, d1, None
+        d2 = 1.0 - 2.0 * s
+        d2 *= a
+        d2 += 2.0
+        d2 *= one_minus
+        d2 *= s                                                  # s (1 - s) (2 + a (1 - 2 s)), as one_minus s (..)
+        return a * s, d1, d2
     if phi == "tanh":
         t = np.tanh(a)
-        return t, 1.0 - t * t, -2.0 * t * (1.0 - t * t)
+        d1 = 1.0 - t * t
+        return t, d1, (-2.0 * t * d1 if second else None)
     raise ValueError(f"memory activation phi must be one of {ACTIVATIONS}; got {phi!r}")
 
 
@@ -140,7 +157,7 @@ def mem_read_forward(Ws: Sequence[np.ndarray], x: np.ndarray, phi: str = "silu")
     for l, W in enumerate(Ws):
         a = _times(z, W)                                         # (..., n_l)
         if l < len(Ws) - 1:
-            z, dphi, _ = activation_derivatives(a, phi)
+            z, dphi, _ = activation_derivatives(a, phi, second=False)
             zs.append(z)
             d1.append(dphi)
         else:
