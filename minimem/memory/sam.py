@@ -269,7 +269,8 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
             ann.update(M, write.Ww.indices)                                                        # 6. index
         r, read = sparse_read_forward(M, iface.q, iface.beta, K,
                                       None if frozen is None else frozen.read_index[t],
-                                      None if ann is None else (lambda q: ann.query(M, q, K)))    # 7.
+                                      None if ann is None else (lambda q: ann.query(M, q, K)),
+                                      validate=False)                                              # 7.
         accessed = usage_update(last, None if discount is None else usage, write.Ww, read.Wr, now,
                                 config.delta, discount)                                            # 8.
         if order is not None:

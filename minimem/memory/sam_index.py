@@ -74,12 +74,21 @@ def _rescore_top_k(M: np.ndarray, q: np.ndarray, candidates: np.ndarray, K: int)
     ties to the lowest slot (candidates are sorted first, so position order is slot order)."""
     B, N, W = M.shape
     candidates, valid = _unique_sorted(candidates, N)
-    if np.any(np.sum(valid, axis=-1) < K):
+    counts = valid.sum(axis=-1)                                                        # (B, R) distinct
+    if counts.min() < K:
         raise RuntimeError("fewer than K candidates reached the exact re-scoring (a bug in the index)")
+    width = int(counts.max())
+    if width < candidates.shape[-1]:
+        # drop the duplicates and the padding (often most of the width): duplicates become the
+        # sentinel, a second sort moves them to the end, still ascending
+        candidates = np.where(valid, candidates, N)
+        candidates.sort(axis=-1)
+        candidates = candidates[..., :width]
+        valid = candidates < N
     rows = np.where(valid, candidates, 0) + N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None]
     D, _ = cosine_similarity_forward(M.reshape(B * N, W)[rows], q)                     # (B, R, C), exact
     best = top_k_slots(np.where(valid, D, -np.inf), K)                                # ascending positions
-    return np.take_along_axis(candidates, best, axis=-1)
+    return candidates[np.arange(B)[:, None, None], np.arange(q.shape[1])[:, None], best]
 
 
 def band_candidates(G: np.ndarray, q: np.ndarray, norms: np.ndarray, zero: np.ndarray, K: int,
@@ -210,13 +219,49 @@ class ExactIndex:
 SHARED_DIRECT = 256           # shared candidate rows up to this many are re-scored directly
 
 
+def _unique_small(values: np.ndarray) -> np.ndarray:
+    """np.unique of a small 1-d int array (sorted, unique) without np.unique's per-call overhead;
+    an array that is already strictly ascending is returned as it is."""
+    values = np.asarray(values, dtype=INDEX_DTYPE).reshape(-1)
+    if values.size < 2:
+        return values
+    step = values[1:] > values[:-1]
+    if step.all():
+        return values
+    values = np.sort(values)
+    keep = np.empty(values.size, dtype=bool)
+    keep[0] = True
+    np.not_equal(values[1:], values[:-1], out=keep[1:])
+    return values[keep]
+
+
+def _merge_sorted(values: np.ndarray, where: np.ndarray, new: np.ndarray, *more) -> tuple:
+    """np.insert(values, where, new) for ascending `where` (new lands before values[where], the
+    new values keep their order), for `values` and, at the same places, each (array, new) pair in
+    `more`. Returns the merged arrays."""
+    size = values.size + new.size
+    place = where + np.arange(new.size)                                 # where the new entries land
+    old = np.ones(size, dtype=bool)
+    old[place] = False
+    out = []
+    for array, added in ((values, new),) + tuple(more):
+        merged = np.empty(size, dtype=array.dtype)
+        merged[place] = added
+        merged[old] = array
+        out.append(merged)
+    return tuple(out)
+
+
 def _insert_sorted(values: np.ndarray, new: np.ndarray) -> np.ndarray:
     """The sorted union of a sorted unique array and some new values, O(len(values) + n log n)."""
-    new = np.unique(np.asarray(new, dtype=INDEX_DTYPE))
+    new = _unique_small(new)
+    if values.size == 0:
+        return new.copy()
     where = np.searchsorted(values, new)
-    fresh = (where >= values.size) | (values[np.minimum(where, max(values.size - 1, 0))] != new) \
-        if values.size else np.ones(new.size, dtype=bool)
-    return np.insert(values, where[fresh], new[fresh])
+    fresh = (where >= values.size) | (values[np.minimum(where, values.size - 1)] != new)
+    if not fresh.any():
+        return values
+    return _merge_sorted(values, where[fresh], new[fresh])[0]
 
 
 def _is_member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
@@ -275,7 +320,7 @@ class SnapshotIndex:
 
     def update(self, M: np.ndarray, rows: np.ndarray) -> None:
         """Mark the global rows written at this step dirty; rebuild after rebuild_after * B of them."""
-        rows = np.unique(np.asarray(rows, dtype=INDEX_DTYPE))
+        rows = _unique_small(rows)
         self.modified += rows.size
         if self.modified >= self.rebuild_after * self.B:
             self.rebuild(M)
@@ -284,15 +329,23 @@ class SnapshotIndex:
         current = M.reshape(-1, self.W)[rows]
         zero_now = ~np.any(current != 0, axis=1)
         self.is_zero[rows] = zero_now
-        self.dirty_zero = np.union1d(np.setdiff1d(self.dirty_zero, rows[~zero_now]), rows[zero_now])
-        self._note_dirty(rows[~zero_now], current[~zero_now])
+        if zero_now.any():
+            self.dirty_zero = np.union1d(np.setdiff1d(self.dirty_zero, rows[~zero_now]), rows[zero_now])
+            self._note_dirty(rows[~zero_now], current[~zero_now])
+        else:                                                   # the usual case: every row nonzero now
+            if self.dirty_zero.size:
+                self.dirty_zero = self.dirty_zero[~_is_member(self.dirty_zero, rows)]
+            self._note_dirty(rows, current)
 
     def _zero_candidates(self, K: int) -> np.ndarray:
         """(B, 2K) global rows, -1 for none: the first K rows of each element that were zero at the
         snapshot and still are, and its first K dirty rows that are zero now. All zero rows score
         D = 0 and tie, so only the K lowest of them can ever be chosen."""
         B, N = self.B, self.N
-        dirty_zero = _ragged(self.dirty_zero, np.searchsorted(self.dirty_zero, N * np.arange(B + 1)), K)
+        if self.dirty_zero.size:
+            dirty_zero = _ragged(self.dirty_zero, np.searchsorted(self.dirty_zero, N * np.arange(B + 1)), K)
+        else:
+            dirty_zero = np.full((B, K), -1, dtype=INDEX_DTYPE)
         if self.zero_rows.size == 0:
             return dirty_zero
         end, last = self.zero_ptr[1:], self.zero_rows.size - 1
@@ -345,13 +398,16 @@ class SnapshotIndex:
         else:
             shared = np.broadcast_to(shared[:, None, :], (B, R, shared.shape[1]))
         unit = q / np.sqrt(np.sum(q * q, axis=-1, keepdims=True) + EPS_NORM)           # (B, R, W)
-        candidates = np.concatenate([self._candidates(unit, K), self._dirty_candidates(unit, K), shared],
-                                    axis=-1)                                           # (B, R, C') global
+        candidates = np.concatenate(self._all_candidates(unit, K) + [shared], axis=-1)   # (B, R, C') global
         candidates = np.where(candidates >= 0, candidates - offsets[:, None, None], -1)
         return _rescore_top_k(M, q, candidates, K)
 
     def _build(self, unit: np.ndarray, batch: np.ndarray) -> None:
         raise NotImplementedError
+
+    def _all_candidates(self, unit_q: np.ndarray, K: int) -> list:
+        """[the index's candidates, the dirty rows' candidates], each (B, R, c) global rows."""
+        return [self._candidates(unit_q, K), self._dirty_candidates(unit_q, K)]
 
     def _candidates(self, unit_q: np.ndarray, K: int) -> np.ndarray:
         raise NotImplementedError
@@ -433,8 +489,12 @@ class LSHIndex(SnapshotIndex):
         (rows, L bits) temporaries; the sign patterns are summed as exact small floats)."""
         n, L, bits = len(unit), self.tables, self.bits
         powers = 2.0 ** np.arange(bits)
-        keys = np.empty((n, L), dtype=INDEX_DTYPE)
         step = max(1, (1 << 22) // (L * bits))
+        if n <= step:                                   # a few rows (every step's queries and writes)
+            signs = (unit @ self.planes > 0).reshape(-1, bits)
+            keys = (signs.astype(np.float64) @ powers).astype(INDEX_DTYPE).reshape(n, L)
+            return batch.astype(INDEX_DTYPE)[:, None] * (1 << bits) + keys
+        keys = np.empty((n, L), dtype=INDEX_DTYPE)
         for start in range(0, n, step):                 # a loop over chunks of rows
             signs = (unit[start:start + step] @ self.planes > 0).reshape(-1, bits)
             keys[start:start + step] = (signs.astype(np.float64) @ powers).reshape(-1, L).astype(INDEX_DTYPE)
@@ -462,11 +522,22 @@ class LSHIndex(SnapshotIndex):
         return self._keys(unit_q.reshape(B * R, W), np.repeat(np.arange(B), R)) + self.table_offset   # (B R, L)
 
     def _candidates(self, unit_q, K):
-        B, R, _ = unit_q.shape
-        keys = self._query_keys(unit_q)
-        lo = np.searchsorted(self.sorted_keys, keys, side="left")                       # every table at once
-        hi = np.searchsorted(self.sorted_keys, keys, side="right")
-        return _bucket_rows(self.sorted_rows, lo.reshape(-1), hi.reshape(-1)).reshape(B, R, -1)
+        return self._lookup(self.sorted_keys, self.sorted_rows, self._query_keys(unit_q), unit_q.shape)
+
+    @staticmethod
+    def _lookup(sorted_keys, rows, keys, shape) -> np.ndarray:
+        """(B, R, c) rows of every query's buckets in one sorted table, the L buckets of a query one
+        after the other, -1 padded (keys (B R, L), integers: the bucket of key k is
+        [first index >= k, first index >= k + 1))."""
+        B, R = shape[:2]
+        flat = keys.reshape(-1)
+        bounds = sorted_keys.searchsorted(np.stack([flat, flat + 1]))
+        return _query_rows(rows, bounds[0], bounds[1], B * R).reshape(B, R, -1)
+
+    def _all_candidates(self, unit_q, K):
+        keys = self._query_keys(unit_q)                                                  # hashed once
+        return [self._lookup(self.sorted_keys, self.sorted_rows, keys, unit_q.shape),
+                self._lookup(self.dirty_keys, self.dirty_rows, keys, unit_q.shape)]
 
     # Rows written since the snapshot are hashed as they are written, into a second sorted table
     # (old entries of a row written again stay, harmless: every candidate is re-scored exactly), so a
@@ -480,28 +551,13 @@ class LSHIndex(SnapshotIndex):
             return
         unit = current / np.sqrt(np.einsum("nw,nw->n", current, current))[:, None]
         keys = (self._keys(unit, rows // self.N) + self.table_offset).reshape(-1)       # (n L,)
-        order = np.argsort(keys, kind="stable")
-        keys, owners = keys[order], np.repeat(rows, self.tables)[order]
+        order = keys.argsort(kind="stable")
+        keys, owners = keys[order], rows.repeat(self.tables)[order]
         where = np.searchsorted(self.dirty_keys, keys, side="right")
-        self.dirty_keys = np.insert(self.dirty_keys, where, keys)
-        self.dirty_rows = np.insert(self.dirty_rows, where, owners)
+        self.dirty_keys, self.dirty_rows = _merge_sorted(self.dirty_keys, where, keys, (self.dirty_rows, owners))
 
     def _dirty_candidates(self, unit_q, K):
-        B, R, _ = unit_q.shape
-        keys = self._query_keys(unit_q)
-        lo = np.searchsorted(self.dirty_keys, keys, side="left")
-        hi = np.searchsorted(self.dirty_keys, keys, side="right")
-        return _bucket_rows(self.dirty_rows, lo.reshape(-1), hi.reshape(-1)).reshape(B, R, -1)
-
-
-def _bucket_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """rows[lo[k]:hi[k]] for every query k, padded with -1: (len(lo), max(hi - lo)) int."""
-    width = int(np.max(hi - lo, initial=0))
-    if width == 0:
-        return np.full((len(lo), 0), -1, dtype=INDEX_DTYPE)
-    position = lo[:, None] + np.arange(width)
-    inside = position < hi[:, None]
-    return np.where(inside, rows[np.minimum(position, rows.size - 1)], -1).astype(INDEX_DTYPE)
+        return self._lookup(self.dirty_keys, self.dirty_rows, self._query_keys(unit_q), unit_q.shape)
 
 
 def make_index(kind: str, M: np.ndarray, *, eps: float = 0.0, tables: int = 8, bits: int | None = None,
@@ -522,3 +578,20 @@ def recall_at_k(index, M: np.ndarray, q: np.ndarray, K: int) -> float:
     exact = ExactIndex().query(M, q, K)
     hits = (approx[..., :, None] == exact[..., None, :]).any(axis=-1).sum(axis=-1)     # (B, R)
     return float(np.mean(hits / K))
+
+
+def _query_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, queries: int) -> np.ndarray:
+    """For `queries` queries of L = len(lo) / queries buckets each: the rows of a query's buckets
+    rows[lo[k]:hi[k]] concatenated, padded with -1: (queries, max total) int. (Padding every
+    bucket to the largest one instead makes the candidate lists several times wider.)"""
+    lengths = hi - lo                                                   # (queries L,) bucket sizes
+    total = lengths.reshape(queries, -1).sum(axis=1)                    # (queries,)
+    n = int(total.sum())
+    out = np.full((queries, int(total.max(initial=0))), -1, dtype=INDEX_DTYPE)
+    if n == 0:
+        return out
+    flat = np.arange(n)
+    source = flat + (lo - (lengths.cumsum() - lengths)).repeat(lengths)        # position in rows
+    column = flat - (total.cumsum() - total).repeat(total)                      # position in the query
+    out[np.arange(queries).repeat(total), column] = rows[source]
+    return out

@@ -85,12 +85,13 @@ def interface_forward(p: np.ndarray, R: int, W: int,
     B = p.shape[0]
     heads = p[:, :R * (W + 1)].reshape(B, R, W + 1)                      # (B, R, W + 1)
     a = p[:, R * (W + 1):R * (W + 1) + W]                                # (B, W)
+    gates = _sigmoid(p[:, -2:])                                          # (B, 2) alpha, gamma at once
     parsed = SAMInterface(
         q=heads[:, :, :W],                                               # (B, R, W)
         beta=1.0 + np.logaddexp(0.0, heads[:, :, W:]).astype(p.dtype, copy=False),  # (B, R, 1) oneplus
         a=np.tanh(a) if write_squash == "tanh" else a,                   # (B, W)
-        alpha=_sigmoid(p[:, -2:-1]),                                     # (B, 1)
-        gamma=_sigmoid(p[:, -1:]),                                       # (B, 1)
+        alpha=gates[:, :1],                                              # (B, 1)
+        gamma=gates[:, 1:],                                              # (B, 1)
     )
     return parsed, InterfaceCache(p, parsed, R, W, write_squash)
 

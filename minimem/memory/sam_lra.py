@@ -84,6 +84,9 @@ class LRAOrder:
         """(B,) int: the LRA slot of every element, argmin_j last(j) with ties to the lowest j."""
         if last.shape != (self.B, self.N):
             raise ValueError(f"last must have shape (B, N) = {(self.B, self.N)}; got {last.shape}")
+        fast = self._head_fast(last)
+        if fast is not None:
+            return fast
         out = np.full(self.B, -1, dtype=INDEX_DTYPE)
         todo = np.arange(self.B)
         # the initial part: an entry is live while its slot has not been accessed since construction
@@ -97,6 +100,29 @@ class LRAOrder:
         if np.any(out < 0):
             raise RuntimeError("the LRA queue lost a slot (last was changed without touch)")
         return out
+
+    def _head_fast(self, last: np.ndarray) -> np.ndarray | None:
+        """The usual step, in a few array operations: every element has a live entry among the
+        _WINDOW entries from its head, all elements in the same part of the queue. Returns the
+        slots (moving the heads as _scan does), or None (nothing changed) for the general scan."""
+        window, elements = _WINDOW, np.arange(self.B)[:, None]          # elements (B, 1)
+        if int(self.base_head.max()) + window <= self.N:                    # all in the initial part
+            head = self.base_head
+            position = head[:, None] + np.arange(window)                     # (B, window)
+            slots = self.base[elements, position]
+            ok = last[elements, slots] <= self.t_build
+        elif int(self.base_head.min()) >= self.N and int(self.log_head.max()) + window <= self.log_tail:
+            head = self.log_head
+            position = head[:, None] + np.arange(window)
+            slots = self.log[elements, position]
+            ok = (slots >= 0) & (last[elements, np.maximum(slots, 0)] == self.log_time[position])
+        else:
+            return None
+        elements, first = elements[:, 0], ok.argmax(axis=1)                 # the first live entry
+        if not ok[elements, first].all():
+            return None
+        head[:] = position[elements, first]                                  # stale entries skipped for good
+        return slots[elements, first]
 
     @staticmethod
     def _scan(last, todo, out, queue, head, end, live) -> np.ndarray:
@@ -124,6 +150,12 @@ class LRAOrder:
         """Append the slots accessed at time t (global rows b N + j, ascending, unique) at the back."""
         rows = np.asarray(rows, dtype=INDEX_DTYPE)
         if rows.size == 0:
+            return
+        if self.B == 1:                                                         # one element: the slots as they are
+            self._reserve(rows.size)
+            self.log[0, self.log_tail:self.log_tail + rows.size] = rows
+            self.log_time[self.log_tail:self.log_tail + rows.size] = t
+            self.log_tail += rows.size
             return
         b, slot = np.divmod(rows, self.N)                                       # grouped by b, slots ascending
         counts = np.bincount(b, minlength=self.B)
