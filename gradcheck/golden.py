@@ -66,10 +66,12 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 CURATED = ("nn.lstm.T3", "ntm.lstm", "dnc.paper.L1", "nam.lsam.small", "titans.lmm.sequential", "mnm.grad",
            "vma.pathwise.few_shot", "vsm.hvae.mixed", "sam.sparse", "sdnc.sparse", "hma.head.mlp",
            # single memory operations (gradcheck/cases/primitives.py; PyTorch ports in demos/torch_check.py)
-           "ntm_addressing.step", "dnc_allocation.step", "nam_write.step", "titans_update.sequential")
+           "ntm_addressing.step", "dnc_allocation.step", "nam_write.step", "titans_update.sequential",
+           "dnc_sparse_link.step")
 
 # Spec file per family (DESIGN.md's model table); sections come from the case notes.
 SPEC_FILES = {"ntm": "specs/ntm_dnc_sam.md", "dnc": "specs/ntm_dnc_sam.md", "sam": "specs/ntm_dnc_sam.md",
+              "sdnc": "specs/ntm_dnc_sam.md", "dnc_sparse_link": "specs/ntm_dnc_sam.md",
               "nam": "specs/nam_hma.md", "hma": "specs/nam_hma.md", "titans": "specs/titans_mnm.md",
               "mnm": "specs/titans_mnm.md", "vma": "specs/generative_memory.md", "vsm": "specs/generative_memory.md"}
 _SECTION = re.compile(r"(?<![\w.])([A-D](?:\.?\d+)(?:\.\d+)*)(?![\w.]*\w)")
