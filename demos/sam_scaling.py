@@ -2,29 +2,29 @@
 paper's Fig. 1 (Rae et al. 2016, arXiv:1610.09027; spec C.9) measured with minimem.bench_sam: one
 time step of forward + backward, LSTM 100, W 32, R 4, K 4, B 1, float64, N = 2^10 .. 2^20.
 
-    python demos/sam_scaling.py          # 28 min at load ~7; at N = 2^20 the LSH step 1,254x faster (measured)
+    python demos/sam_scaling.py          # 8 min on a quiet machine; at N = 2^20 the LSH step 1,104x faster (measured)
     python demos/sam_scaling.py --quick  # a few seconds; the tests run this (tiny N, numbers meaningless)
 
-Measured 2026-11-21 (3 interleaved rounds per N, medians; 2 cores with a load average of ~7 for
-most of the run, falling to ~1 during the last two rows):
+Measured 2026-11-21 on a quiet moment of the 2-core machine (load ~1-2; 3 interleaved rounds per N,
+medians; 7.7 min), after the SAM speed work:
     N      dense/step  exact/step  lsh/step   dense/exact  dense/lsh  growth/step dense, exact, lsh
-    2^10   20.6 ms     21.9 ms     34.2 ms      0.94x       0.60x      495 KiB, 20.2 KiB, 20.2 KiB
-    2^12   37.0 ms     13.2 ms     15.9 ms      2.8x        2.3x       1.9 MiB, 20.2 KiB, 22.0 KiB
-    2^14   158 ms      19.6 ms     23.4 ms      8.1x        6.7x       7.5 MiB, 20.1 KiB, 22.7 KiB
-    2^16   918 ms      27.6 ms     21.3 ms     33x          43x        30 MiB,  20.2 KiB, 22.8 KiB
-    2^18   2.33 s      45.9 ms     20.1 ms     51x         116x        120 MiB, 20.2 KiB, 22.8 KiB
-    2^19   2.09 s      30.6 ms     5.19 ms     68x         402x        240 MiB, 20.3 KiB, 22.8 KiB
-    2^20   7.18 s      122 ms      5.72 ms     59x        1254x        737 MiB, 20.3 KiB, 22.8 KiB
-Targets (issue 4): at N = 2^20 the approximate-index step >= 1,000x faster than dense: 1,254x; the
-memory that grows per step >= 3,000x smaller: 33,079x (dense 737 MiB against LSH 22.8 KiB).
-Log-log slopes over the run: dense time 0.92, memory 1.02 (linear in N); exact top-K time 0.24;
-LSH time -0.15, memory 0.00. Caveats, measured: (1) the LSH step's 20 ms at 2^14..2^18 was the
-load: on the quiet machine right after, the same LSH step took 4.4 / 4.4 / 4.9 / 6.2 ms at
-N = 2^12 / 2^16 / 2^18 / 2^20 (200 steps each), so ~1,200x at 2^20 stands; (2) the default LSH
-(8 tables of log2(N) - 4 bits) is a weak index on this random 32-d memory: recall@4 0.08 for random
-queries and 0.28 for near queries at 2^20, and the stored row a near query came from is found 83%
-of the time (k-d tree and exact top-K are the accurate choices; demos/sam_curriculum.py trains with
-the k-d tree); (3) the paper measured 12 s vs 7 ms (1,600x) with a C++ k-d tree at N = 1M.
+    2^10   3.47 ms     2.32 ms     2.89 ms      1.5x        1.2x       496 KiB, 21.3 KiB, 21.2 KiB
+    2^12   7.26 ms     2.41 ms     3.25 ms      3.0x        2.2x       1.9 MiB, 21.3 KiB, 22.2 KiB
+    2^14   20.6 ms     3.29 ms     3.00 ms      6.3x        6.9x       7.5 MiB, 21.2 KiB, 23.8 KiB
+    2^16   167 ms      6.35 ms     3.36 ms     26x          50x        30 MiB,  21.3 KiB, 23.8 KiB
+    2^18   820 ms      20.3 ms     3.78 ms     41x         217x        120 MiB, 21.2 KiB, 23.8 KiB
+    2^19   1.75 s      30.4 ms     3.85 ms     58x         455x        240 MiB, 21.3 KiB, 23.8 KiB
+    2^20   5.34 s      81.5 ms     4.84 ms     66x        1104x        737 MiB, 21.3 KiB, 23.8 KiB
+Targets (issue 4): at N = 2^20 the approximate-index step >= 1,000x faster than dense: 1,104x; the
+memory that grows per step >= 3,000x smaller: 31,681x (dense 737 MiB against LSH 23.8 KiB).
+Log-log slopes: dense time 1.10 and memory 1.02 (linear in N); exact top-K time 0.50 (its O(N W)
+scan shows from 2^15); LSH time 0.07 and memory 0.01 (flat). An earlier run on the loaded machine
+(load ~7, before the speed work) gave 1,254x and 33,079x at 2^20, with LSH steps inflated to ~20 ms
+at 2^14-2^18. Caveats: the default LSH (8 tables of log2(N) - 4 bits) is a weak index on this
+random 32-d memory: recall@4 0.08 for random queries and 0.28 for near queries at 2^20, and the
+stored row a near query came from is found 83% of the time (k-d tree and exact top-K are the
+accurate choices; demos/sam_curriculum.py trains with the k-d tree). The paper measured 12 s vs
+7 ms (1,600x) with a C++ k-d tree at N = 1M.
 
 Writes sam_scaling.png (log-log: seconds per step, and memory that grows per step, against N, for
 the dense path, SAM with exact top-K and SAM with the LSH index) and sam_scaling.json (every number
