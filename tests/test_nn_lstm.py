@@ -191,7 +191,7 @@ def test_bad_input_raises_value_error_naming_the_shape():
         lstm_forward(np.zeros((4, 1, 2)), None, None, params)
     with pytest.raises(ValueError, match="T >= 1"):
         lstm_forward(np.zeros((0, 1, 3)), None, None, params)
-    with pytest.raises(ValueError, match=r"h_prev must have shape \(B, H\) = \(1, 2\)"):
+    with pytest.raises(ValueError, match=r"h0 must have shape \(B, H\) = \(1, 2\)"):
         lstm_forward(np.zeros((2, 1, 3)), np.zeros((1, 3)), None, params)
     with pytest.raises(ValueError, match=r"W_x must have shape \(X, 4H\)"):
         lstm_forward(np.zeros((2, 1, 3)), None, None, {**params, "W_x": np.zeros((3, 7))})

@@ -87,6 +87,12 @@ def lstm_step_forward(x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, par
             raise ValueError(f"{name} must have shape (B, H) = {(B, H)}; got {state.shape}")
     W_x, W_h, b = params["W_x"], params["W_h"], params["b"]
     z = x @ W_x + h_prev @ W_h + b                              # (B, 4H)  eq. (1)
+    return _cell(z, x, h_prev, c_prev, W_x, W_h)
+
+
+def _cell(z: np.ndarray, x, h_prev: np.ndarray, c_prev: np.ndarray, W_x, W_h):
+    """Eqs. (2)-(4) from the pre-activations z (B, 4H): ((h, c), LSTMStepCache)."""
+    H = z.shape[1] // 4
     gates = _sigmoid(z)                                         # (B, 4H)  eq. (2), one call for i, f, o
     i = gates[:, 0:H]                                           # (the g block's sigmoid is unused)
     f = gates[:, H:2 * H]
@@ -104,7 +110,17 @@ def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
 
     Returns (dx (B, X), dh_prev (B, H), dc_prev (B, H), {"W_x", "W_h", "b"} gradients).
     """
-    x, h_prev, c_prev, i, f, g, o, _, tanh_c, W_x, W_h = cache
+    x, h_prev, W_x, W_h = cache.x, cache.h_prev, cache.W_x, cache.W_h
+    dz, dc_prev = _cell_backward(dh, dc, cache)
+    dx = dz @ W_x.T                                             # (B, X)   eq. (1)
+    dh_prev = dz @ W_h.T                                        # (B, H)
+    grads = {"W_x": x.T @ dz, "W_h": h_prev.T @ dz, "b": dz.sum(axis=0)}
+    return dx, dh_prev, dc_prev, grads
+
+
+def _cell_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
+    """Adjoint of eqs. (2)-(4): (dz (B, 4H), dc_prev (B, H)) from dh and dc as in lstm_step_backward."""
+    _, _, c_prev, i, f, g, o, _, tanh_c, _, _ = cache
     H = i.shape[1]
     do = dh * tanh_c                                            # eq. (4)
     dc_total = dc + dh * o * (1.0 - tanh_c * tanh_c)            # c_t feeds h_t and c_{t+1}
@@ -117,10 +133,7 @@ def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
     dz[:, H:2 * H] = df * f * (1.0 - f)
     dz[:, 2 * H:3 * H] = dg * (1.0 - g * g)
     dz[:, 3 * H:] = do * o * (1.0 - o)
-    dx = dz @ W_x.T                                             # (B, X)   eq. (1)
-    dh_prev = dz @ W_h.T                                        # (B, H)
-    grads = {"W_x": x.T @ dz, "W_h": h_prev.T @ dz, "b": dz.sum(axis=0)}
-    return dx, dh_prev, dc_prev, grads
+    return dz, dc_prev
 
 
 # ----------------------------------------------------------------- a sequence
@@ -148,12 +161,18 @@ def lstm_forward(xs: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
     if xs.ndim != 3 or xs.shape[2] != X or xs.shape[0] == 0:
         raise ValueError(f"xs must have shape (T, B, X) with T >= 1 and X={X}; got {xs.shape}")
     T, B, _ = xs.shape
-    h = np.zeros((B, H), dtype=xs.dtype) if h0 is None else h0
-    c = np.zeros((B, H), dtype=xs.dtype) if c0 is None else c0
-    hs = np.empty((T, B, H), dtype=np.result_type(xs, params["W_x"]))
+    h = np.zeros((B, H), dtype=xs.dtype) if h0 is None else as_float_array("h0", h0)
+    c = np.zeros((B, H), dtype=xs.dtype) if c0 is None else as_float_array("c0", c0)
+    for name, state in (("h0", h), ("c0", c)):
+        if state.shape != (B, H):
+            raise ValueError(f"{name} must have shape (B, H) = {(B, H)}; got {state.shape}")
+    W_x, W_h, b = params["W_x"], params["W_h"], params["b"]
+    # The input half of eq. (1) for every step in one product; only h_{t-1} @ W_h stays in the loop.
+    zx = (xs.reshape(T * B, X) @ W_x + b).reshape(T, B, 4 * H)  # (T, B, 4H)
+    hs = np.empty((T, B, H), dtype=np.result_type(xs, W_x))
     steps = []
     for t in range(T):
-        (h, c), step = lstm_step_forward(xs[t], h, c, params)
+        (h, c), step = _cell(zx[t] + h @ W_h, xs[t], h, c, W_x, W_h)   # eqs. (1)-(4)
         hs[t] = h
         steps.append(step)
     return hs, LSTMCache(params, xs, steps, c)
@@ -166,16 +185,23 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache):
     T, B, H = cache.xs.shape[0], cache.xs.shape[1], cache.c_last.shape[1]
     if dhs.shape != (T, B, H):
         raise ValueError(f"dhs must have the shape of hs (T, B, H) = {(T, B, H)}; got {dhs.shape}")
-    grads = {name: np.zeros_like(p) for name, p in cache.params.items()}
-    dxs = np.empty_like(cache.xs)                               # (T, B, X)
+    W_x, W_h = cache.params["W_x"], cache.params["W_h"]
+    X = W_x.shape[0]
     dh_carry = np.zeros((B, H), dtype=dhs.dtype)
     dc_carry = np.zeros((B, H), dtype=dhs.dtype)
+    dZ = np.empty((T, B, 4 * H), dtype=np.result_type(dhs, W_x))   # every step's dz
+    h_prevs = np.empty((T, B, H), dtype=dZ.dtype)                  # every step's h_{t-1}
     for t in reversed(range(T)):
-        dxs[t], dh_carry, dc_carry, step_grads = lstm_step_backward(
-            dhs[t] + dh_carry, dc_carry, cache.steps[t])
-        for name, dparam in step_grads.items():
-            grads[name] += dparam                               # weights are shared across steps
-    return dxs, dh_carry, dc_carry, grads
+        dZ[t], dc_carry = _cell_backward(dhs[t] + dh_carry, dc_carry, cache.steps[t])
+        dh_carry = dZ[t] @ W_h.T                                # (B, H) to step t-1
+        h_prevs[t] = cache.steps[t].h_prev
+    # The weights are shared across steps: their gradients (and dxs) are one product over all steps.
+    dZ_flat = dZ.reshape(T * B, 4 * H)
+    grads = {"W_x": cache.xs.reshape(T * B, X).T @ dZ_flat,
+             "W_h": h_prevs.reshape(T * B, H).T @ dZ_flat,
+             "b": dZ_flat.sum(axis=0)}
+    dxs = (dZ_flat @ W_x.T).reshape(T, B, X)                    # (T, B, X)
+    return dxs.astype(cache.xs.dtype, copy=False), dh_carry, dc_carry, grads
 
 
 # ----------------------------------------------------------------- autodiff twin
