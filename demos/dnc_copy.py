@@ -66,6 +66,7 @@ class Config:
     lr: float = 3e-3             # Adam learning rate
     solved_below: float = 0.25   # eval bit errors per sequence that count as the first solve (lr halves)
     clip: float = 10.0           # global gradient-norm clip
+    dtype: str = "float64"       # "float32": the same training in single precision, faster
     eval_every: int = 100        # steps between evaluations
     eval_batches: int = 4        # fresh batches of eval_batch sequences per evaluation
     eval_batch: int = 32
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
 
     model = DNC(DNCConfig(X=config.num_bits + 1, Y=config.num_bits, N=config.N, W=config.W, R=config.R,
-                          H=config.H, layers=config.layers), rng=np.random.default_rng(config.seed))
+                          H=config.H, layers=config.layers, dtype=config.dtype), rng=np.random.default_rng(config.seed))
     optimizer = Adam(model.params, lr=config.lr)
     # train() tells eval_fn nothing but the model: lr_schedule, called before every update, keeps
     # the step count, and the first evaluation below solved_below halves the rate from then on.

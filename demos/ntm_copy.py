@@ -106,6 +106,7 @@ class Config:
     lr: float = 3e-3             # Adam learning rate
     solved_below: float = 0.5    # held-out bit errors per sequence (all lengths) that halve the rate
     clip: float = 10.0           # global gradient-norm clip
+    dtype: str = "float64"       # "float32": the same training in single precision, faster
     eval_every: int = 50         # steps between held-out evaluations
     eval_batches: int = 4        # held-out set: eval_batches x eval_batch sequences
     eval_batch: int = 32
@@ -278,7 +279,7 @@ def plot(cfg: Config, result, evals: list, model: NTM, example, gen_rows: list[d
 def main(argv=None) -> dict:
     cfg = parse_config(argv)
     started = time.perf_counter()
-    model = NTM(NTMConfig(X=cfg.bits + 1, Y=cfg.bits, N=cfg.N, W=cfg.W, H=cfg.H),
+    model = NTM(NTMConfig(X=cfg.bits + 1, Y=cfg.bits, N=cfg.N, W=cfg.W, H=cfg.H, dtype=cfg.dtype),
                 rng=np.random.default_rng(cfg.seed))
     held_out_rng = np.random.default_rng([cfg.seed, 1_000_003])             # apart from the training stream
     held_out = [copy_batch(held_out_rng, cfg, cfg.eval_batch, same_length=False) for _ in range(cfg.eval_batches)]

@@ -73,3 +73,21 @@ def test_unknown_flags_and_bad_lengths_are_errors(monkeypatch):
     assert demo.parse_config(["--quick", "--steps", "7"]).steps == 7
     assert demo.parse_config(["--quick"]).max_len == demo.QUICK["max_len"]
     assert demo.parse_config([]).steps == demo.Config().steps
+
+
+def test_quick_demo_trains_in_float32(monkeypatch):
+    """--dtype float32: parameters and gradients stay float32 (the loss gradient does not promote
+    them), and the quick run still learns."""
+    demo = load_demo(monkeypatch)
+    seen = set()
+    original_step = demo.Adam.step
+
+    def step(self, grads):
+        seen.update(str(g.dtype) for g in grads.values())
+        seen.update(str(p.dtype) for p in self.params.values())
+        return original_step(self, grads)
+
+    monkeypatch.setattr(demo.Adam, "step", step)
+    summary = demo.main(["--quick", "--no-plots", "--dtype", "float32"])
+    assert seen == {"float32"}
+    assert summary["final_loss"] < 0.8 * summary["initial_loss"]

@@ -219,3 +219,21 @@ def test_bad_input_raises_value_error():
         mse_forward(z, z, reduction="avg")
     with pytest.raises(ValueError, match="Y >= 1"):
         mse_forward(np.zeros((3, 0)), np.zeros((3, 0)))
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "softmax", "mse"])
+def test_gradient_keeps_the_outputs_float32_dtype_with_float64_targets(name):
+    """A float32 model trains in float32: float64 targets must not promote the gradient."""
+    rng = np.random.default_rng(3)
+    z32 = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    targets = (rng.random((4, 3, 5)) > 0.5).astype(np.float64)
+    if name == "softmax":
+        targets = np.eye(5)[rng.integers(0, 5, (4, 3))]
+    forward, backward = {"sigmoid": (sigmoid_cross_entropy_forward, sigmoid_cross_entropy_backward),
+                         "softmax": (softmax_cross_entropy_forward, softmax_cross_entropy_backward),
+                         "mse": (mse_forward, mse_backward)}[name]
+    loss32, cache32 = forward(z32, targets)
+    dz32 = backward(1.0, cache32)
+    assert dz32.dtype == np.float32 and loss32.dtype == np.float32
+    loss64, cache64 = forward(z32.astype(np.float64), targets)
+    np.testing.assert_allclose(dz32, backward(1.0, cache64), rtol=1e-5, atol=1e-6)

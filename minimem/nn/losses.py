@@ -24,6 +24,8 @@ Normaliser (argument `reduction`):
     "sum"              1.
 If the mask sums to 0, the "steps" and "mean" normalisers are taken as 1 (the loss is then 0).
 Targets and masks are constants: the backward returns the gradient of the outputs only.
+The gradient has the outputs' dtype (float32 logits with float64 targets give a float32 gradient),
+so a float32 model trains in float32 end to end.
 """
 
 from __future__ import annotations
@@ -118,7 +120,7 @@ def sigmoid_cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, mask=
     elementwise = np.maximum(logits, 0.0) - logits * targets + np.log1p(e)  # (1)
     p = np.where(logits >= 0, 1.0 / (1.0 + e), e / (1.0 + e))            # sigmoid(z)
     loss = _reduce(elementwise, weights, normaliser).astype(logits.dtype)
-    return loss, LossCache(p - targets, weights, normaliser)
+    return loss, LossCache((p - targets).astype(logits.dtype, copy=False), weights, normaliser)
 
 
 def sigmoid_cross_entropy_backward(dout, cache: LossCache) -> np.ndarray:
@@ -174,7 +176,8 @@ def softmax_cross_entropy_forward(logits: np.ndarray, targets: np.ndarray, mask=
     p = np.exp(log_p)
     loss = _reduce(elementwise, weights, normaliser).astype(logits.dtype)
     # d/dz of -sum_k y_k log p_k is p sum_k y_k - y (p - y when the targets sum to 1).
-    return loss, LossCache(p * y.sum(axis=-1, keepdims=True) - y, weights, normaliser)
+    dloss_dz = (p * y.sum(axis=-1, keepdims=True) - y).astype(logits.dtype, copy=False)
+    return loss, LossCache(dloss_dz, weights, normaliser)
 
 
 def softmax_cross_entropy_backward(dout, cache: LossCache) -> np.ndarray:
@@ -212,7 +215,7 @@ def mse_forward(predictions: np.ndarray, targets: np.ndarray, mask=None, reducti
     weights, normaliser = _weights_and_normaliser(predictions, mask, reduction)
     error = predictions - targets                                        # (..., B, Y)
     loss = _reduce(error * error, weights, normaliser).astype(predictions.dtype)
-    return loss, LossCache(2.0 * error, weights, normaliser)
+    return loss, LossCache((2.0 * error).astype(predictions.dtype, copy=False), weights, normaliser)
 
 
 def mse_backward(dout, cache: LossCache) -> np.ndarray:
