@@ -6,14 +6,28 @@
 Each benchmark interleaves its contestants (a, b, a, b, ...) over several rounds and reports the
 median time of each, so a load spike on the shared machine hits both sides alike. Speed targets live
 here, never in unit tests.
+
+Memory: peak_memory(fn) is tracemalloc's peak during one call of fn, above what was traced when the
+call began (NumPy reports its array buffers to tracemalloc, so this counts arrays and Python objects,
+not the interpreter or BLAS workspaces). It is measured in calls of its own, after the timing, never
+during it (tracing slows every allocation). Rows may carry "baseline_bytes" and "candidate_bytes";
+format_table prints them, "-" where a row has none. Most families store the peak of one call there;
+the SAM scaling rows (minimem.bench_sam) store the memory growth per time step instead.
+
+The header states the machine: machine_description() gives the CPU count, the BLAS NumPy is linked
+to, the BLAS thread variables in force, the Python, NumPy and (when importable) PyTorch versions.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib.util
+import os
 import platform
 import statistics
 import time
+import tracemalloc
 from typing import Callable
 
 import numpy as np
@@ -33,6 +47,88 @@ def time_side_by_side(contestants: dict[str, Callable[[], object]], rounds: int,
                 fn()
             samples[name].append((time.perf_counter() - start) / inner)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def peak_memory(fn: Callable[[], object]) -> int:
+    """Bytes: tracemalloc's peak during one call of fn(), above the memory traced when it began.
+
+    Call it outside any timing (tracing makes every allocation slower). If tracemalloc is already
+    tracing, its peak is reset and tracing is left on; otherwise tracing starts and stops here.
+    """
+    gc.collect()
+    was_tracing = tracemalloc.is_tracing()
+    if was_tracing:
+        tracemalloc.reset_peak()
+    else:
+        tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    return max(0, peak - base)
+
+
+def peak_memory_of(contestants: dict[str, Callable[[], object]]) -> dict[str, int]:
+    """{name: peak_memory(fn)} for the contestants of time_side_by_side, one call each (run it after
+    the timing, so the timed calls are not traced)."""
+    return {name: peak_memory(fn) for name, fn in contestants.items()}
+
+
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")   # what minimem sets
+
+
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else platform.processor(), else ""."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _blas_description() -> str:
+    """Name, version and build of the BLAS NumPy is linked to (numpy >= 2: show_config(mode="dicts"))."""
+    try:
+        config = np.show_config(mode="dicts")
+    except TypeError:                                   # numpy < 2 has no machine-readable form
+        return "unknown (numpy < 2; see numpy.show_config())"
+    blas = (config or {}).get("Build Dependencies", {}).get("blas", {})
+    if not blas:
+        return "unknown (numpy.show_config names none)"
+    text = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    extra = blas.get("openblas configuration")
+    return f"{text} ({' '.join(extra.split())})" if extra else text
+
+
+def machine_description() -> str:
+    """The machine and thread settings, as '# '-prefixed lines for a benchmark header: CPU model and
+    count (os.cpu_count, and the CPUs this process may use, os.sched_getaffinity, where available),
+    the BLAS NumPy is linked to, the BLAS thread variables in force (minimem sets them to 1 unless
+    already set; they only act if set before NumPy is imported), Python and NumPy versions, and
+    PyTorch's version and torch.get_num_threads() when torch is importable."""
+    cpus = f"{os.cpu_count()} CPUs (os.cpu_count)"
+    if hasattr(os, "sched_getaffinity"):
+        cpus += f", {len(os.sched_getaffinity(0))} usable by this process (os.sched_getaffinity)"
+    model = _cpu_model()
+    lines = [f"# machine: {platform.system()} {platform.machine()}" + (f", {model}" if model else "") + f", {cpus}",
+             f"# python {platform.python_implementation()} {platform.python_version()}, numpy {np.__version__}, "
+             f"BLAS {_blas_description()}",
+             "# BLAS threads: " + ", ".join(f"{name}={os.environ.get(name, 'unset')}" for name in BLAS_THREAD_VARIABLES)]
+    if importlib.util.find_spec("torch") is not None:
+        try:
+            import torch
+            lines.append(f"# torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}")
+        except Exception as error:                      # installed but broken: say so, do not fail the header
+            lines.append(f"# torch: installed but not importable ({type(error).__name__}: {error})")
+    else:
+        lines.append("# torch: not installed")
+    return "\n".join(lines)
 
 
 def bench_op_overhead(rounds: int) -> list[dict]:
@@ -57,13 +153,16 @@ def bench_op_overhead(rounds: int) -> list[dict]:
             out = a_np * b_np
             return out, np.ones(shape) * b_np, np.ones(shape) * a_np
 
-        t = time_side_by_side({"numpy": numpy_mul, "tensor": tensor_mul_forward,
-                               "numpy_vjp": numpy_mul_with_vjp, "tensor_vjp": tensor_mul_backward},
-                              rounds, inner=200)
+        contestants = {"numpy": numpy_mul, "tensor": tensor_mul_forward,
+                       "numpy_vjp": numpy_mul_with_vjp, "tensor_vjp": tensor_mul_backward}
+        t = time_side_by_side(contestants, rounds, inner=200)
+        mem = peak_memory_of(contestants)
         rows.append({"benchmark": f"mul {shape[0]}x{shape[1]} forward", "baseline": "numpy",
-                     "baseline_s": t["numpy"], "candidate": "autodiff", "candidate_s": t["tensor"]})
+                     "baseline_s": t["numpy"], "candidate": "autodiff", "candidate_s": t["tensor"],
+                     "baseline_bytes": mem["numpy"], "candidate_bytes": mem["tensor"]})
         rows.append({"benchmark": f"mul {shape[0]}x{shape[1]} forward+backward", "baseline": "numpy",
-                     "baseline_s": t["numpy_vjp"], "candidate": "autodiff", "candidate_s": t["tensor_vjp"]})
+                     "baseline_s": t["numpy_vjp"], "candidate": "autodiff", "candidate_s": t["tensor_vjp"],
+                     "baseline_bytes": mem["numpy_vjp"], "candidate_bytes": mem["tensor_vjp"]})
     return rows
 
 
@@ -86,16 +185,20 @@ def bench_lstm(rounds: int, T: int = 50, B: int = 16, H: int = 128, X: int = 32)
         hs = lstm.lstm_autodiff(ad.Tensor(xs), ad.Tensor(h0), ad.Tensor(c0), tparams)
         hs.backward(dhs)
 
-    t = time_side_by_side({"manual": manual, "autodiff": autodiff}, rounds, inner=1)
+    contestants = {"manual": manual, "autodiff": autodiff}
+    t = time_side_by_side(contestants, rounds, inner=1)
+    mem = peak_memory_of(contestants)
     return [{"benchmark": f"LSTM fwd+bwd T={T} B={B} H={H}", "baseline": "manual",
-             "baseline_s": t["manual"], "candidate": "autodiff", "candidate_s": t["autodiff"]}]
+             "baseline_s": t["manual"], "candidate": "autodiff", "candidate_s": t["autodiff"],
+             "baseline_bytes": mem["manual"], "candidate_bytes": mem["autodiff"]}]
 
 
 BENCHMARKS = {"op_overhead": bench_op_overhead, "lstm": bench_lstm}
 
 # Each model family with a benchmark module contributes its own entries via benchmarks(quick).
 FAMILY_MODULES = ("minimem.bench_dnc", "minimem.bench_sam", "minimem.bench_nam", "minimem.bench_hma",
-                  "minimem.bench_titans", "minimem.bench_mnm", "minimem.bench_generative")
+                  "minimem.bench_titans", "minimem.bench_mnm", "minimem.bench_generative",
+                  "minimem.bench_engines")
 
 
 def all_benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
@@ -109,12 +212,26 @@ def all_benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| benchmark | baseline | time | candidate | time | candidate / baseline |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    """Markdown table: both times, their ratio, and both sides' memory ("baseline_bytes",
+    "candidate_bytes"; "-" where a row has none)."""
+    lines = ["| benchmark | baseline | time | candidate | time | candidate / baseline | baseline memory | "
+             "candidate memory |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['benchmark']} | {r['baseline']} | {_fmt(r['baseline_s'])} | {r['candidate']} | "
-                     f"{_fmt(r['candidate_s'])} | {r['candidate_s'] / r['baseline_s']:.1f}x |")
+                     f"{_fmt(r['candidate_s'])} | {r['candidate_s'] / r['baseline_s']:.1f}x | "
+                     f"{format_bytes(r.get('baseline_bytes'))} | {format_bytes(r.get('candidate_bytes'))} |")
     return "\n".join(lines)
+
+
+def format_bytes(n: float | None) -> str:
+    """Decimal units (B, kB, MB, GB); "-" for None."""
+    if n is None:
+        return "-"
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
 
 
 def _fmt(seconds: float) -> str:
@@ -139,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in args.only or list(found):
         rows += found[name](rounds)
-    print(f"# minimem benchmarks ({platform.python_implementation()} {platform.python_version()}, "
-          f"numpy {np.__version__}, {rounds} interleaved rounds, medians)")
+    print(f"# minimem benchmarks ({rounds} interleaved rounds, medians; memory: tracemalloc peak of one call, "
+          f"measured apart from the timing; SAM scaling rows: memory growth per step)")
+    print(machine_description())
     print(format_table(rows))
     return 0
 

@@ -13,3 +13,60 @@ def test_bench_quick_prints_a_ratio_table(capsys):
 def test_format_table_reports_candidate_over_baseline():
     rows = [{"benchmark": "x", "baseline": "a", "baseline_s": 2e-3, "candidate": "b", "candidate_s": 5e-3}]
     assert "| x | a | 2.0 ms | b | 5.0 ms | 2.5x |" in bench.format_table(rows)
+
+
+def test_format_table_prints_both_sides_memory_or_a_dash():
+    rows = [{"benchmark": "x", "baseline": "a", "baseline_s": 2e-3, "candidate": "b", "candidate_s": 5e-3,
+             "baseline_bytes": 1500, "candidate_bytes": 2_500_000},
+            {"benchmark": "y", "baseline": "a", "baseline_s": 1.0, "candidate": "b", "candidate_s": 1.0}]
+    table = bench.format_table(rows)
+    assert "| x | a | 2.0 ms | b | 5.0 ms | 2.5x | 1.5 kB | 2.5 MB |" in table
+    assert "| y | a | 1.00 s | b | 1.00 s | 1.0x | - | - |" in table
+
+
+def test_peak_memory_counts_the_arrays_a_call_allocates():
+    import numpy as np
+
+    small = bench.peak_memory(lambda: np.ones(1000))
+    big = bench.peak_memory(lambda: np.ones(1_000_000))             # 8 MB of float64
+    assert 8_000_000 <= big < 8_100_000
+    assert small < 100_000
+    kept = np.ones(1_000_000)                                         # allocated before: not counted
+    assert bench.peak_memory(lambda: kept.sum()) < 100_000
+    assert bench.peak_memory_of({"a": lambda: np.ones(10), "b": lambda: np.ones(1_000_000)})["b"] >= 8_000_000
+
+
+def test_lstm_rows_carry_peak_memory_of_both_engines():
+    row = bench.bench_lstm(1, T=3, B=2, H=4, X=3)[0]
+    assert row["baseline_bytes"] > 0 and row["candidate_bytes"] > row["baseline_bytes"]
+
+
+def test_machine_description_names_cpus_blas_threads_and_versions():
+    import os
+    import platform
+    import importlib.util
+
+    import numpy as np
+
+    text = bench.machine_description()
+    assert all(line.startswith("# ") for line in text.splitlines())
+    assert f"{os.cpu_count()} CPUs (os.cpu_count)" in text
+    if hasattr(os, "sched_getaffinity"):
+        assert f"{len(os.sched_getaffinity(0))} usable by this process" in text
+    assert f"numpy {np.__version__}" in text and platform.python_version() in text
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]
+    assert f"BLAS {blas}" in text
+    for name in bench.BLAS_THREAD_VARIABLES:
+        assert f"{name}={os.environ.get(name, 'unset')}" in text
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+        assert f"torch {torch.__version__}, torch.get_num_threads() = {torch.get_num_threads()}" in text
+    else:
+        assert "torch: not installed" in text
+
+
+def test_main_header_states_the_machine(capsys):
+    assert bench.main(["--quick", "--only", "lstm"]) == 0
+    out = capsys.readouterr().out
+    assert "# machine:" in out and "BLAS threads: OPENBLAS_NUM_THREADS=" in out
+    assert "| LSTM fwd+bwd T=50 B=16 H=128 | manual |" in out
