@@ -68,6 +68,14 @@ Chance is 3 bits per vector (27 at L = 9, 48 at L = 16). Seeds 0 and 2 copy 25% 
 than they were trained on without an error and degrade gradually towards L = N = 16, where every
 slot is in use and any blur in the shifted weightings costs a vector; seed 4 solved the trained
 range with a less exact algorithm and degrades from L = 9. Seeds 1 and 3 degrade from L = 5.
+
+Float32 (--dtype float32: parameters, activations and gradients all float32; the loss gradient
+keeps the outputs' dtype). Seed 0: the curriculum reached 1..8 and the rate halved at step 1,400
+(float64: 1,750 / 1,700), held-out bit errors 0 at every evaluation from step 1,500 to 4,000, and
+the copy generalises about as far: 0 / 1.00 up to L = 10, 0.02 / 0.98 at 11, 0.23 / 0.88 at 13,
+5.98 / 0.12 at 16. Training took 202 s at a load average of ~3. At this size a training step is only
+1.17x faster in float32 than in float64, timed side by side (per-call overhead dominates small
+arrays; the NTM at N = 128, W = 20, H = 100, B = 16 gains 1.57x, the DNC of bench_dnc 1.93x).
 """
 
 from __future__ import annotations
