@@ -198,7 +198,7 @@ BENCHMARKS = {"op_overhead": bench_op_overhead, "lstm": bench_lstm}
 # Each model family with a benchmark module contributes its own entries via benchmarks(quick).
 FAMILY_MODULES = ("minimem.bench_dnc", "minimem.bench_sam", "minimem.bench_nam", "minimem.bench_hma",
                   "minimem.bench_titans", "minimem.bench_mnm", "minimem.bench_generative",
-                  "minimem.bench_engines")
+                  "minimem.bench_engines", "minimem.bench_sam_torch")
 
 
 def all_benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
