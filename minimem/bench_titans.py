@@ -1,6 +1,6 @@
-"""Titans benchmarks for minimem.bench: the chunked LMM against the token-by-token one, and the
-manual engine against the autodiff twin. Timed side by side in one run (bench.time_side_by_side);
-only ratios are claimed.
+"""Titans benchmarks for minimem.bench: the chunked LMM against the token-by-token one, the manual
+engine against the autodiff twin and against a PyTorch port of the layer. Timed side by side in one
+run (bench.time_side_by_side); only ratios are claimed.
 
     chunked      forward + backward of one LMM layer (TitansLMM, spec A5 defaults with D = 64: one
                  head, d = 64, two-layer SiLU memory h = 128, K_c = 4, output path) at T = 1024 and
@@ -13,27 +13,71 @@ only ratios are claimed.
     engines      manual (hand-derived adjoint, A4.2) against autodiff (minimem.autodiff with
                  create_graph for the inner gradients) at a small size: a TitansLMM layer with
                  b = 1 and b = 8, and a one-block MAG model.
-    torch        the memory recurrence alone (lmm_scan_forward + lmm_scan_backward: one head,
-                 d = 64, two-layer SiLU memory h = 128, chunk b = 64, batch 2, T = 1024) against a
-                 PyTorch port written for this benchmark: per-token surprises by torch.autograd.grad
-                 with create_graph=True (second order through autograd), the chunked form (A17)
-                 with the per-token weights materialised, reads after write, autograd backward,
-                 torch.set_num_threads(1), float64. check_torch_port() first holds the port's reads
-                 and every gradient equal to minimem's on a fixed float64 input. Only when torch is
-                 importable; otherwise the rows are omitted (torch is not a dependency of minimem).
-                 Gates must lie strictly inside (0, 1) for the port (no exact-zero bookkeeping).
+    torch        one training step of a whole TitansLMM layer (forward, squared error summed and
+                 divided by B, backward to every parameter; no optimiser update): minimem's manual
+                 engine (baseline) against a PyTorch port of the layer written for this benchmark
+                 (candidate), at the small configurations of the engines rows (T = 32, D = 16, B = 2,
+                 b = 1 and 8) and the large ones of the chunked rows (T = 1024, D = 64, B = 2, b = 16
+                 and 64), float64 and float32, so candidate / baseline is minimem's speed-up. The
+                 port (_torch_layer) is like for like: projections, depthwise causal convolution
+                 (F.conv1d), SiLU, l2 normalisation, the gates alpha / eta / theta, the closed-form
+                 surprises (A9)-(A11) at the chunk start, the chunked update (A17)-(A18) in minimem's
+                 dual form (decay products from cumulative logs, per-token weights never formed),
+                 or for b = 1 the per-token update (A13)-(A14) as minimem's token path, the reads
+                 (A15), the output path (A20)-(A21); autograd for the outer gradients (through the
+                 closed-form surprises: the second-order terms), eager mode,
+                 torch.set_num_threads(1). check_torch_layer() first holds the loss and every
+                 parameter gradient equal to minimem's on a fixed float64 problem (the tests do so
+                 for seven configurations: b = 1 and b > 1, heads, depth 1 and 3, tanh, read before
+                 write, persistent tokens, no output path). Gates must lie strictly inside (0, 1)
+                 (the decay products take their logarithm).
+    torch_recurrence  the memory recurrence alone (lmm_scan_forward + lmm_scan_backward: one head,
+                 d = 64, two-layer SiLU memory h = 128, chunk b = 64, batch 2, T = 1024, float64)
+                 against a straightforward PyTorch port that is NOT like for like: per-token
+                 surprises by torch.autograd.grad with create_graph=True, the n weight sets of a
+                 chunk materialised (O(b^2 d h) per chunk against the dual form's
+                 O(b^2 (d + h) + b d h)). Kept as a second row: it prices the textbook way of writing
+                 the chunked update in PyTorch. check_torch_port() holds its reads and gradients
+                 equal to minimem's first.
+    The torch rows need torch to be importable; otherwise they are omitted (torch is not a
+    dependency of minimem).
 
-Measured (python -m minimem.bench_titans --rounds 3, 2 cores shared with other jobs, so absolute
-times are inflated; numpy 2.4, torch 2.13 CPU): chunked b = 64 against b = 1, forward + backward,
-20.1x at T = 1024 (3.86 s / 192 ms) and 13.5x at T = 4096 (12.95 s / 956 ms); b = 16: 9.6x and
-10.9x. titans_torch: minimem 157 ms, the PyTorch port 2.40 s (its per-token weights cost
-O(b^2 d h) per chunk where minimem's dual form costs O(b^2 (d + h) + b d h)).
+Speed work (issue 11): the sequential model (b = 1) has its own path (titans_lmm.lmm_token_forward /
+lmm_token_backward: the new weights formed directly by one outer product per layer, no decay
+products, coefficient matrices or dual-form mixing for a one-token chunk), and one-row weight
+gradients are outer products by broadcasting (titans_memory._weight_grad: a batched matmul over a
+single term was ~3x slower). Old and new timed side by side in one run (fwd + bwd, load average
+4-5): b = 1, T = 32, D = 16, B = 2: 3.9x faster (67.6 ms -> 17.4 ms; earlier runs 2.7-3.7x);
+T = 1024, D = 64: 2.6x (5.67 s -> 2.20 s); b = 8, T = 32, D = 16: 1.2x (7.28 -> 6.15 ms, fewer
+wrapper calls and allocations). Outputs and gradients equal the old path's to 5e-15 and 9e-14
+(gradients up to 75) for b = 1; the chunked path (b > 1) is bitwise unchanged.
+
+Measured (python -m minimem.bench_titans --rounds 5, one run after the speed work, 2 cores shared
+with other jobs at a load average of 3-5, so absolute times are inflated and ratios are noisy;
+numpy 2.4, torch 2.13 CPU; candidate / baseline):
+    chunked vs sequential, fwd + bwd, T = 1024: b = 16 4.6x, b = 64 9.7x faster (1.59 s / 165 ms);
+        T = 4096: 4.6x and 6.1x (8.96 s / 1.46 s). Before the token path the sequential baseline
+        was slower (T = 1024: 3.86 s) and these ratios were 9.6x / 20.1x and 10.9x / 13.5x.
+    manual vs autodiff, T = 32, D = 16, B = 2: LMM b = 1 7.7x (37 ms vs 286 ms), b = 8 10.0x,
+        MAG b = 8 6.7x (before the token path: b = 1 2.4-3.0x).
+    PyTorch eager / minimem manual, training step: T = 32, D = 16, B = 2: b = 1 4.2x (float64) and
+        3.9x (float32), b = 8 4.3x and 2.5x; T = 1024, D = 64, B = 2: b = 16 2.3x and 2.5x, b = 64
+        1.6x and 1.8x (133 ms vs 210 ms float64). A run before the speed work (same port, the chunk
+        path for b = 1 on both sides): b = 1 3.5x / 4.6x, b = 8 2.4x / 2.7x, b = 16 2.0x / 2.4x,
+        b = 64 1.7x / 1.7x.
+    torch_recurrence (not like for like): minimem 301 ms, the per-token-weights port 4.51 s (15x).
+    Port check (float64): loss equal within 2 ulp, every parameter gradient within 7e-15.
+    A second run right after (load average 4-5): chunked 3.9x / 5.7x (T = 1024) and 3.7x / 6.3x
+    (T = 4096); manual vs autodiff 8.9x, 9.0x, MAG 5.8x; PyTorch / minimem 4.5x, 3.2x, 3.4x, 3.1x
+    (small) and 2.1x, 2.0x, 2.1x, 1.6x (large); torch_recurrence 13.8x.
 
 benchmarks(quick=False) returns {name: fn(rounds) -> rows} with the rows of minimem.bench;
 quick=True shrinks every size so that the functions run in about a second (tests).
 """
 
 from __future__ import annotations
+
+import minimem  # noqa: F401  (first: single-threaded BLAS, see minimem/__init__.py)
 
 import functools
 from typing import Callable
@@ -45,14 +89,18 @@ from minimem.bench import time_side_by_side
 from minimem.memory.titans import TitansLMM, TitansLMMConfig
 from minimem.memory.titans_arch import TitansConfig, TitansModel
 from minimem.memory.titans_lmm import lmm_scan_backward, lmm_scan_forward
+from minimem.nn.losses import mse_backward, mse_forward
 
 SIZES = {
     "full": {"lengths": (1024, 4096), "D": 64, "B": 2, "chunks": (16, 64),
              "engines": {"T": 32, "D": 16, "B": 2, "chunks": (1, 8)},
-             "torch": {"lengths": (1024,), "d": 64, "B": 2, "chunk": 64}},
+             "torch": {"lengths": (1024,), "d": 64, "B": 2, "chunk": 64},
+             "torch_layer": {"configs": ((32, 16, 2, (1, 8)), (1024, 64, 2, (16, 64))),
+                             "dtypes": ("float64", "float32")}},
     "quick": {"lengths": (24,), "D": 8, "B": 2, "chunks": (4, 16),
               "engines": {"T": 6, "D": 4, "B": 1, "chunks": (1, 3)},
-              "torch": {"lengths": (12,), "d": 4, "B": 2, "chunk": 4}},
+              "torch": {"lengths": (12,), "d": 4, "B": 2, "chunk": 4},
+              "torch_layer": {"configs": ((6, 4, 1, (1, 3)),), "dtypes": ("float64", "float32")}},
 }
 
 
@@ -235,7 +283,7 @@ def check_torch_port(T: int = 10, B: int = 2, d: int = 4, h: int = 8, chunk: int
     return errors
 
 
-def bench_titans_torch(rounds: int, quick: bool = False) -> list[dict]:
+def bench_titans_torch_recurrence(rounds: int, quick: bool = False) -> list[dict]:
     """Recurrence forward + backward: minimem's manual chunked scan against the PyTorch port.
     [] when torch is not installed; raises if the port does not compute minimem's numbers."""
     if not torch_available():
@@ -252,7 +300,220 @@ def bench_titans_torch(rounds: int, quick: bool = False) -> list[dict]:
                                "torch": _torch_recurrence_step(problem, b)}, rounds, inner=1)
         rows.append({"benchmark": f"Titans LMM recurrence fwd+bwd T={T} d={d} h={2 * d} B={B} b={b} float64",
                      "baseline": "minimem manual", "baseline_s": t["minimem"],
-                     "candidate": "pytorch autograd", "candidate_s": t["torch"]})
+                     "candidate": "pytorch, per-token weights", "candidate_s": t["torch"]})
+    return rows
+
+
+# ----------------------------------------------------------------- PyTorch port of the whole layer
+@functools.lru_cache(maxsize=None)
+def _torch_layer():
+    """Import torch (one thread) and build the port of TitansLMM.forward (module docstring, torch
+    rows): features (A1)-(A7), the chunked recurrence in minimem's dual form (A16)-(A18), (A15),
+    the output path (A20)-(A21). The inner gradients are the closed form (A9)-(A11) written in
+    torch ops, so autograd differentiates through them (the second-order terms). Cached: torch
+    loads once. Returns (torch, forward) with forward(params, x, config) -> outputs."""
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(1)
+    masks = {}
+
+    def lower(n: int):
+        if n not in masks:
+            masks[n] = torch.ones(n, n, dtype=torch.bool).tril()
+        return masks[n]
+
+    def decay(A):
+        """P[..., r, i] = prod_{j=i+1}^{r} A_j (..., n+1, n+1); factors strictly inside (0, 1]."""
+        c = F.pad(torch.cumsum(torch.log(A), dim=-1), (1, 0))
+        diff = c.unsqueeze(-1) - c.unsqueeze(-2)
+        return torch.exp(torch.where(lower(c.shape[-1]), diff, float("-inf")))
+
+    def act(a, phi):
+        """(phi(a), phi'(a))."""
+        if phi == "silu":
+            s = torch.sigmoid(a)
+            return a * s, s * (1.0 + a * (1.0 - s))
+        t = torch.tanh(a)
+        return t, 1.0 - t * t
+
+    def chunk(M, S, Q, K, V, al, et, th, phi, after):
+        """One chunk: M, S lists of (B, H, n_{l-1}, n_l); Q, K, V (B, H, n, d); gates (B, H, n)."""
+        L = len(M)
+        xs, d1s, z = [], [], K                                   # (A16): surprises at the chunk start
+        for l, W in enumerate(M):
+            xs.append(z)
+            a = z @ W
+            if l < L - 1:
+                z, dphi = act(a, phi)
+                d1s.append(dphi)
+            else:
+                z = a
+        deltas = [None] * L
+        deltas[-1] = 2.0 * (z - V)                               # (A9)
+        for l in reversed(range(L - 1)):
+            deltas[l] = (deltas[l + 1] @ M[l + 1].mT) * d1s[l]   # (A11)
+        PA, PE = decay(1.0 - al), decay(et)                       # (B, H, n+1, n+1)
+        LA, LE = PA[..., 1:, 1:], PE[..., 1:, 1:]
+        beta, m = PA[..., 1:, 0], (LA @ PE[..., 1:, 0:1])[..., 0]   # (B, H, n)
+        CM = -(LA @ LE) * th.unsqueeze(-2)                         # (A17): -Kmat[tau, i] theta_i
+        CS = -LE * th.unsqueeze(-2)                                # (A18)
+        if after:                                                  # token tau reads M_tau
+            cb, cm, C = beta, m, CM
+        else:                                                      # token tau reads M_{tau-1}
+            cb = torch.cat([torch.ones_like(beta[..., :1]), beta[..., :-1]], dim=-1)
+            cm = torch.cat([torch.zeros_like(m[..., :1]), m[..., :-1]], dim=-1)
+            C = torch.cat([torch.zeros_like(CM[..., :1, :]), CM[..., :-1, :]], dim=-2)
+        z = Q                                                      # (A15) in dual form
+        for l, (W, Sl, x, delta) in enumerate(zip(M, S, xs, deltas)):
+            a = cb.unsqueeze(-1) * (z @ W) + cm.unsqueeze(-1) * (z @ Sl) + (C * (z @ x.mT)) @ delta
+            z = act(a, phi)[0] if l < L - 1 else a
+        bn, mn, en = beta[..., -1, None, None], m[..., -1, None, None], PE[..., -1, 0, None, None]
+        M_n = [bn * W + mn * Sl + x.mT @ (CM[..., -1, :, None] * delta) for W, Sl, x, delta in zip(M, S, xs, deltas)]
+        S_n = [en * Sl + x.mT @ (CS[..., -1, :, None] * delta) for Sl, x, delta in zip(S, xs, deltas)]
+        return z, M_n, S_n
+
+    def token(M, S, q, k, v, A, et, th, phi, after):
+        """b = 1, as minimem's token path: q, k, v (B, H, 1, d), gates (B, H, 1, 1); the new
+        weights formed directly (A13)-(A14), then read (A15)."""
+        L = len(M)
+        xs, d1s, z = [], [], k
+        for l, W in enumerate(M):
+            xs.append(z)
+            a = z @ W
+            if l < L - 1:
+                z, dphi = act(a, phi)
+                d1s.append(dphi)
+            else:
+                z = a
+        deltas = [None] * L
+        deltas[-1] = 2.0 * (z - v)
+        for l in reversed(range(L - 1)):
+            deltas[l] = (deltas[l + 1] @ M[l + 1].mT) * d1s[l]
+        S_n = [et * Sl - th * (x.mT @ delta) for Sl, x, delta in zip(S, xs, deltas)]
+        M_n = [A * W + Sl for W, Sl in zip(M, S_n)]
+        z = q
+        for l, W in enumerate(M_n if after else M):
+            a = z @ W
+            z = act(a, phi)[0] if l < L - 1 else a
+        return z, M_n, S_n
+
+    def l2norm(x, eps):
+        return x / torch.sqrt((x * x).sum(dim=-1, keepdim=True) + eps)
+
+    def forward(P, x, config: TitansLMMConfig):
+        """P: {minimem name: tensor}; x (T, B, D) -> outputs (T, B, D) (or (T, B, C))."""
+        _, B, D = x.shape
+        if config.N_p:                                             # (A3.7)
+            x = torch.cat([P["persist.P"].unsqueeze(1).expand(config.N_p, B, D), x], dim=0)
+        T, H, d, Kc = x.shape[0], config.H, config.head_width, config.K_c
+        feats = []
+        for name in "qkv":                                         # (A1)-(A3): depthwise causal conv1d
+            w = P[f"lmm.conv_{name}"]                              # (C, K_c)
+            z = (x @ P[f"lmm.W_{name}"]).permute(1, 2, 0)           # (B, C, T)
+            z = F.conv1d(F.pad(z, (Kc - 1, 0)), w.unsqueeze(1), groups=w.shape[0])
+            feats.append(F.silu(z).permute(0, 2, 1).reshape(B, T, H, d).transpose(1, 2))   # (B, H, T, d)
+        q, k, v = l2norm(feats[0], config.eps_n), l2norm(feats[1], config.eps_n), feats[2]   # (A4)
+        gate = lambda g: (x @ P[f"lmm.w_{g}"] + P[f"lmm.b_{g}"]).permute(1, 2, 0)   # (B, H, T)
+        al, et = torch.sigmoid(gate("alpha")), torch.sigmoid(gate("eta"))          # (A5), (A6)
+        th = config.step_bound * torch.sigmoid(gate("theta"))                      # (A7)
+        M = [P[f"lmm.mem0.W{l + 1}"].expand(B, -1, -1, -1) for l in range(config.L_M)]
+        S = [torch.zeros_like(W) for W in M]
+        ys, b = [], config.chunk
+        if b == 1:                                                 # the sequential model: token path
+            A, E, Th = ((1.0 - al).unsqueeze(-1), et.unsqueeze(-1), th.unsqueeze(-1))   # (B, H, T, 1)
+            for t in range(T):
+                i = slice(t, t + 1)
+                y, M, S = token(M, S, q[:, :, i], k[:, :, i], v[:, :, i], A[:, :, i], E[:, :, i], Th[:, :, i],
+                                config.phi, config.read_after_write)
+                ys.append(y)
+        else:
+            for s in range(0, T, b):
+                e = min(s + b, T)
+                y, M, S = chunk(M, S, q[:, :, s:e], k[:, :, s:e], v[:, :, s:e], al[..., s:e], et[..., s:e],
+                                th[..., s:e], config.phi, config.read_after_write)
+                ys.append(y)
+        y = torch.cat(ys, dim=2).permute(2, 0, 1, 3)               # (T, B, H, d)
+        if config.output_path:                                     # (A20)-(A21)
+            r = y / torch.sqrt((y * y).mean(dim=-1, keepdim=True) + 1e-6) * P["lmm.out_norm.g"]
+            out = (r.reshape(T, B, H * d) * F.silu(x @ P["lmm.W_gate"])) @ P["lmm.W_o"]
+        else:
+            out = y.reshape(T, B, H * d)
+        return out[config.N_p:]
+
+    return torch, forward
+
+
+def layer_problem(config: TitansLMMConfig, T: int, B: int, dtype: str = "float64", seed: int = 0) -> tuple:
+    """(model, x, targets): a TitansLMM with seeded parameters in dtype and random inputs and targets."""
+    rng = np.random.default_rng(seed)
+    model = TitansLMM(config, rng=np.random.default_rng(seed + 1), dtype=np.dtype(dtype))
+    Y = config.D if config.output_path else config.H * config.head_width
+    x = rng.standard_normal((T, B, config.D)).astype(dtype)
+    return model, x, rng.standard_normal((T, B, Y)).astype(dtype)
+
+
+def _minimem_layer_step(model: TitansLMM, x: np.ndarray, targets: np.ndarray) -> Callable[[], tuple]:
+    """One training step of the manual engine: forward, squared error summed and divided by B
+    (mse_forward, reduction "batch"), backward to every parameter. Returns (loss, grads)."""
+    def run():
+        out, cache = model.forward(x)
+        loss, loss_cache = mse_forward(out, targets)
+        return float(loss), model.backward(mse_backward(1.0, loss_cache), cache)
+    return run
+
+
+def _torch_layer_step(model: TitansLMM, x: np.ndarray, targets: np.ndarray) -> Callable[[], tuple]:
+    """The same training step in the PyTorch port (parameters copied from model, fresh leaves
+    every call, autograd backward). Returns (loss, {minimem name: gradient as numpy})."""
+    torch, forward = _torch_layer()
+    x_t, y_t = torch.as_tensor(x), torch.as_tensor(targets)
+    values = {name: torch.as_tensor(value) for name, value in model.params.items()}
+    B = x.shape[1]
+
+    def run():
+        params = {name: value.detach().requires_grad_(True) for name, value in values.items()}
+        out = forward(params, x_t, model.config)
+        loss = ((out - y_t) ** 2).sum() / B
+        loss.backward()
+        return float(loss.detach()), {name: p.grad.numpy() for name, p in params.items()}
+    return run
+
+
+def check_torch_layer(config: TitansLMMConfig | None = None, T: int = 11, B: int = 2, seed: int = 0) -> dict:
+    """minimem's manual training step against the PyTorch port's on one float64 problem:
+    {"loss_minimem", "loss_pytorch", "loss_diff" (absolute), "grads": {name: max |g_minimem -
+    g_pytorch| / max(1, max |g_minimem|)}}. Default config: D = 8, chunk 4 (T = 11 ends with a
+    short chunk)."""
+    config = TitansLMMConfig(D=8, chunk=4) if config is None else config
+    model, x, targets = layer_problem(config, T, B, "float64", seed)
+    loss, grads = _minimem_layer_step(model, x, targets)()
+    loss_pt, grads_pt = _torch_layer_step(model, x, targets)()
+    diffs = {name: float(np.max(np.abs(grads[name] - grads_pt[name])) / max(1.0, np.max(np.abs(grads[name]))))
+             for name in grads}
+    return {"loss_minimem": loss, "loss_pytorch": loss_pt, "loss_diff": abs(loss - loss_pt), "grads": diffs}
+
+
+def bench_titans_torch(rounds: int, quick: bool = False) -> list[dict]:
+    """One training step of a TitansLMM layer: minimem's manual engine (baseline) against the
+    PyTorch port (candidate) at the small and the large configurations, float64 and float32.
+    [] when torch is not installed; raises if the port does not compute minimem's numbers."""
+    if not torch_available():
+        return []
+    check = check_torch_layer()
+    if check["loss_diff"] > 1e-12 * max(1.0, abs(check["loss_minimem"])) or max(check["grads"].values()) > 1e-10:
+        raise RuntimeError(f"the PyTorch layer port differs from minimem: {check}")
+    size = SIZES["quick" if quick else "full"]["torch_layer"]
+    rows = []
+    for T, D, B, chunks in size["configs"]:
+        for b in chunks:
+            for dtype in size["dtypes"]:
+                model, x, targets = layer_problem(TitansLMMConfig(D=D, chunk=b), T, B, dtype)
+                t = time_side_by_side({"minimem": _minimem_layer_step(model, x, targets),
+                                       "torch": _torch_layer_step(model, x, targets)}, rounds, inner=1)
+                rows.append({"benchmark": f"Titans LMM train step T={T} D={D} B={B} b={b} {dtype}",
+                             "baseline": "minimem manual", "baseline_s": t["minimem"],
+                             "candidate": "pytorch eager", "candidate_s": t["torch"]})
     return rows
 
 
@@ -260,7 +521,8 @@ def benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
     """{name: fn(rounds) -> rows} for minimem.bench; quick=True for tiny sizes (tests)."""
     return {"titans_chunked": functools.partial(bench_titans_chunked, quick=quick),
             "titans_engines": functools.partial(bench_titans_engines, quick=quick),
-            "titans_torch": functools.partial(bench_titans_torch, quick=quick)}
+            "titans_torch": functools.partial(bench_titans_torch, quick=quick),
+            "titans_torch_recurrence": functools.partial(bench_titans_torch_recurrence, quick=quick)}
 
 
 if __name__ == "__main__":
@@ -278,7 +540,7 @@ if __name__ == "__main__":
     found = benchmarks(args.quick)
     rows = []
     for name in args.only or list(found):
-        if name == "titans_torch" and not torch_available():
+        if name.startswith("titans_torch") and not torch_available():
             print("# titans_torch: skipped (torch not installed)")
             continue
         rows += found[name](rounds)
