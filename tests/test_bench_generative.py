@@ -1,10 +1,20 @@
 """The generative-memory benchmark functions run at tiny sizes and return minimem.bench rows (no
-timing checks), and the full size is the demos' configuration."""
+timing checks), and the full size is the demos' configuration. The second half pins the code that
+issue 11 rewrote for speed (VMA/VSM affine and Bernoulli pairs, the one-exp LSTM cell) to plain
+reference formulas, so that a faster version cannot silently change the numbers."""
 
 import math
 
+import numpy as np
+import pytest
+
 from minimem import bench
 from minimem.bench_generative import SIZES, benchmarks
+from minimem.memory.vma_bound import bernoulli_log_likelihood_backward, bernoulli_log_likelihood_forward, check_finite
+from minimem.memory.vma_networks import affine_backward, affine_forward
+from minimem.memory.vsm_memory import recall_backward, recall_forward
+from minimem.nn.linear import linear_backward, linear_forward
+from minimem.nn.lstm import LSTMCache, LSTMStepCache, lstm_backward, lstm_forward, lstm_step_backward, lstm_step_forward
 
 
 def test_benchmarks_return_bench_rows_at_the_quick_size():
@@ -29,3 +39,121 @@ def test_full_size_is_the_demo_configuration():
     assert (vsm["X"], vsm["Ns"], vsm["Zc"], vsm["Z"], vsm["H"], vsm["Hk"], vsm["B"], vsm["Ne"], vsm["n_t"]) == \
         (400, 16, 8, 8, 128, 32, 32, 5, 2)
     assert set(SIZES["full"]) == set(SIZES["quick"])
+
+
+# ----------------------------------------------------------------- the speed work keeps the numbers
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-13), ("float32", 2e-6)])
+def test_bernoulli_pair_matches_logaddexp_and_the_logistic(dtype, tol):
+    rng = np.random.default_rng(0)
+    logit = np.concatenate([8 * rng.standard_normal((3, 50)), [np.linspace(-900, 900, 50)]]).astype(dtype)
+    x = rng.random((4, 50)).astype(dtype)
+    value, cache = bernoulli_log_likelihood_forward(x, logit)
+    l64, x64 = logit.astype(np.float64), x.astype(np.float64)
+    reference = np.sum(x64 * l64 - np.logaddexp(0.0, l64), axis=-1)
+    assert value.dtype == np.dtype(dtype) and np.all(np.isfinite(value))
+    np.testing.assert_allclose(value, reference, rtol=tol, atol=tol * 50)
+    dout = rng.standard_normal(4).astype(dtype)
+    sigmoid = 0.5 * (1.0 + np.tanh(0.5 * l64))
+    np.testing.assert_allclose(bernoulli_log_likelihood_backward(dout, cache), dout[:, None] * (x64 - sigmoid),
+                               rtol=tol, atol=tol)
+
+
+def test_bernoulli_pair_on_a_large_broadcast_input():
+    rng = np.random.default_rng(5)
+    logit = 4 * rng.standard_normal((3, 100, 200))
+    x = rng.random((1, 100, 200))                               # broadcast over the leading axis, as in VMA
+    value, (_, prob) = bernoulli_log_likelihood_forward(x, logit)
+    assert value.shape == (3, 100) and prob.shape == (3, 100, 200)
+    reference = np.sum(x * logit - np.logaddexp(0.0, logit), axis=-1)
+    np.testing.assert_allclose(value, reference, rtol=1e-13, atol=1e-11)
+    np.testing.assert_allclose(prob, 0.5 * (1.0 + np.tanh(0.5 * logit)), rtol=1e-13, atol=1e-15)
+
+
+def test_sum_based_finite_check_raises_exactly_on_nan_and_inf():
+    check_finite("x", np.full(8, 3e38, dtype=np.float32))      # finite entries whose sum overflows: no error
+    check_finite("x", np.zeros((2, 3)))
+    bads = (np.array([1.0, np.nan]), np.array([np.inf, 1.0]), np.array([-np.inf, np.inf]), np.array([np.nan], np.float32))
+    for bad in bads:
+        with pytest.raises(ValueError, match="x must be finite"):
+            check_finite("x", bad)
+
+
+def test_affine_pair_equals_linear_pair_and_skips_only_the_input_gradient():
+    rng = np.random.default_rng(1)
+    v, W, b = rng.standard_normal((3, 4, 5)), rng.standard_normal((5, 6)), rng.standard_normal(6)
+    dout = rng.standard_normal((3, 4, 6))
+    y, cache = affine_forward(v, W, b)
+    y_ref, cache_ref = linear_forward(v, W, b)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-14, atol=1e-14)
+    dv, dW, db = affine_backward(dout, cache)
+    for got, want in zip((dv, dW, db), linear_backward(dout, cache_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    dv_skipped, dW2, db2 = affine_backward(dout, cache, need_dv=False)
+    assert dv_skipped is None and np.array_equal(dW2, dW) and np.array_equal(db2, db)
+
+
+def test_recall_backward_without_state_gradients_gives_the_same_input_gradients():
+    rng = np.random.default_rng(2)
+    B, Ns, Zc = 3, 4, 2
+    chat, pi = rng.standard_normal((B, Zc)), rng.random((B, Zc))
+    mu, lam = rng.standard_normal((Ns, Zc)), 0.5 + rng.random((Ns, Zc))
+    _, cache = recall_forward(chat, pi, mu, lam, 0.1)
+    upstream = (rng.standard_normal((B, Ns)), rng.standard_normal((B, Ns, Zc)), rng.standard_normal((B, Ns, Zc)))
+    full = recall_backward(*upstream, cache)
+    short = recall_backward(*upstream, cache, need_state=False)
+    assert short[2] is None and short[3] is None
+    np.testing.assert_array_equal(short[0], full[0])
+    np.testing.assert_array_equal(short[1], full[1])
+
+
+def _reference_lstm(xs, h, c, p):
+    """The textbook cell with np.tanh and the logistic (what lstm.py computed before issue 11)."""
+    H = h.shape[1]
+    sig = lambda v: 1.0 / (1.0 + np.exp(-v))
+    hs = []
+    for x in xs:
+        z = x @ p["W_x"] + h @ p["W_h"] + p["b"]
+        i, f, g, o = sig(z[:, :H]), sig(z[:, H:2 * H]), np.tanh(z[:, 2 * H:3 * H]), sig(z[:, 3 * H:])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        hs.append(h)
+    return np.stack(hs), c
+
+
+@pytest.mark.parametrize("scale", [1.0, 40.0])           # 40: saturated gates (e^-z overflows to inf)
+def test_lstm_one_exp_cell_matches_the_textbook_cell(scale):
+    rng = np.random.default_rng(3)
+    T, B, X, H = 2 if scale > 1 else 6, 3, 4, 5          # saturated LSTMs are chaotic: compare few steps
+    p = {"W_x": scale * rng.standard_normal((X, 4 * H)), "W_h": scale * rng.standard_normal((H, 4 * H)),
+         "b": rng.standard_normal(4 * H)}
+    xs, h0, c0 = rng.standard_normal((T, B, X)), rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    with np.errstate(over="ignore"):
+        hs_ref, c_ref = _reference_lstm(xs, h0, c0, p)
+    hs, cache = lstm_forward(xs, h0, c0, p)
+    assert np.all(np.isfinite(hs))
+    np.testing.assert_allclose(hs, hs_ref, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(cache.c_last, c_ref, rtol=0, atol=1e-12 * scale)
+    (h1, c1), _ = lstm_step_forward(xs[0], h0, c0, p)
+    np.testing.assert_allclose(h1, hs_ref[0], rtol=0, atol=1e-13 * scale)
+
+
+def test_lstm_backward_accepts_caches_without_the_stacked_arrays():
+    rng = np.random.default_rng(4)
+    T, B, X, H = 4, 2, 3, 5
+    p = {"W_x": rng.standard_normal((X, 4 * H)), "W_h": rng.standard_normal((H, 4 * H)),
+         "b": rng.standard_normal(4 * H)}
+    xs, dhs = rng.standard_normal((T, B, X)), rng.standard_normal((T, B, H))
+    h0, c0 = rng.standard_normal((B, H)), rng.standard_normal((B, H))
+    _, cache = lstm_forward(xs, h0, c0, p)
+    bare_steps = [LSTMStepCache(*step[:11]) for step in cache.steps]          # as assembled by hand, no gates
+    bare = LSTMCache(cache.params, cache.xs, bare_steps, cache.c_last)
+    for got, want in zip(lstm_backward(dhs, bare)[:3], lstm_backward(dhs, cache)[:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-13)
+    g_bare, g_full = lstm_backward(dhs, bare)[3], lstm_backward(dhs, cache)[3]
+    for name in g_full:
+        np.testing.assert_allclose(g_bare[name], g_full[name], rtol=1e-13, atol=1e-13)
+    _, step_cache = lstm_step_forward(xs[0], h0, c0, p)
+    a = lstm_step_backward(dhs[0], dhs[1], step_cache)
+    b = lstm_step_backward(dhs[0], dhs[1], LSTMStepCache(*step_cache[:11]))
+    for got, want in zip(a[:3], b[:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)

@@ -63,15 +63,14 @@ import numpy as np
 from minimem import autodiff as ad
 from minimem import init
 from minimem.memory.vma_bound import (
-    BASELINES, address_entropy, address_kl, exact_bound_backward, exact_bound_forward, iw_bound_autodiff,
-    iw_bound_backward, iw_bound_forward, log_softmax_backward, log_softmax_forward, sample_addresses,
+    BASELINES, address_entropy, address_kl, check_finite, exact_bound_backward, exact_bound_forward,
+    iw_bound_autodiff, iw_bound_backward, iw_bound_forward, log_softmax_backward, log_softmax_forward, sample_addresses,
     sigmoid, top_k_mask, vimco_signals,
 )
 from minimem.memory.vma_networks import (
     TemplateVAECache, key_net_autodiff, key_net_backward, key_net_forward, template_vae_autodiff,
     template_vae_backward, template_vae_forward,
 )
-from minimem.nn.linear import check_finite
 from minimem.nn.mlp import activation_forward
 
 ESTIMATORS = ("vimco", "pathwise", "exact")
@@ -349,7 +348,7 @@ class VMA:
             dinner = dinner.T                                                   # (N', B)
         else:
             dinner = iw_bound_backward(dL, cache.w_tilde)                       # (S, B)      (V13)
-            dlog_q, dlog_p = np.zeros((B, Np)), np.zeros((B, Np))
+            dlog_q, dlog_p = np.zeros((B, Np), dtype=dL.dtype), np.zeros((B, Np), dtype=dL.dtype)
             np.add.at(dlog_q, (b_index, a), self.score_coefficients(dL, cache.w_tilde, cache.signal))   # (G5)
             np.add.at(dlog_p, (b_index, a), dinner)                             # (V12) + log p(a_s)
         need_memory = cfg.memory == "learned" or cfg.n_dummy > 0
@@ -359,8 +358,8 @@ class VMA:
         k_n, ckn = cache.key_n
         dk_x = np.einsum("bn,bne->be", dl, k_n) * cache.scale                   # (B, E)      (V2)
         dk_n = dl[:, :, None] * k_x[:, None, :] * cache.scale                   # (B, N', E)
-        _, query_grads = key_net_backward(dk_x, ckx, self.query_prefix)         # (V1) query branch
-        dmemory_key, key_grads = key_net_backward(dk_n, ckn, "key")             # (V1) slot branch
+        _, query_grads = key_net_backward(dk_x, ckx, self.query_prefix, need_dv=False)   # (V1) query: x is data
+        dmemory_key, key_grads = key_net_backward(dk_n, ckn, "key", need_dv=need_memory)  # (V1) slot branch
         for name, value in query_grads.items():                                 # shared net: accumulate
             key_grads[name] = key_grads[name] + value if name in key_grads else value
         grads.update(key_grads)

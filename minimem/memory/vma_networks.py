@@ -26,8 +26,33 @@ from minimem.memory.vma_bound import (
     bernoulli_log_likelihood_autodiff, bernoulli_log_likelihood_backward, bernoulli_log_likelihood_forward,
     gaussian_log_density_autodiff, gaussian_log_density_backward, gaussian_log_density_forward,
 )
-from minimem.nn.linear import linear_autodiff, linear_backward, linear_forward
+from minimem.nn.linear import LinearCache, linear_autodiff
 from minimem.nn.mlp import activation_autodiff, activation_backward, activation_forward
+
+
+# ----------------------------------------------------------------- affine helpers
+def affine_forward(v: np.ndarray, W: np.ndarray, b: np.ndarray | None = None):
+    """y = v @ W + b for v (..., X) as ONE 2-D product over every leading axis (NumPy runs a
+    3-D @ 2-D matmul as a loop of small products). Returns y (..., Y) and a LinearCache.
+    Shapes are checked by the model, not here (this is the inner loop of a training step)."""
+    X, Y = W.shape
+    y = (v.reshape(-1, X) @ W).reshape(v.shape[:-1] + (Y,))
+    if b is not None:
+        y += b
+    return y, LinearCache(v, W, b is not None)
+
+
+def affine_backward(dout: np.ndarray, cache: LinearCache, need_dv: bool = True):
+    """Adjoint of affine_forward: (dv (..., X) or None, dW (X, Y), db (Y,) or None). With
+    need_dv=False the input gradient is not computed at all (v is data, or its gradient is
+    discarded), which saves one product as large as the forward's."""
+    v, W, has_bias = cache
+    X, Y = W.shape
+    d2 = dout.reshape(-1, Y)
+    dW = v.reshape(-1, X).T @ d2                                  # (X, Y), summed over every leading axis
+    db = d2.sum(axis=0) if has_bias else None
+    dv = (d2 @ W.T).reshape(dout.shape[:-1] + (X,)) if need_dv else None
+    return dv, dW, db
 
 
 # ----------------------------------------------------------------- key network pair (V1)
@@ -40,17 +65,18 @@ class KeyCache(NamedTuple):
 def key_net_forward(v: np.ndarray, params: Mapping[str, np.ndarray], prefix: str, activation: str):
     """h(v) = act(v @ W1 + b1) @ W2 + b2, eq. (V1), for a query (B, X) or slots (B, N', X).
     Returns k (..., E) and the cache for key_net_backward."""
-    pre, c1 = linear_forward(v, params[f"{prefix}.W1"], params[f"{prefix}.b1"])   # (..., H)
+    pre, c1 = affine_forward(v, params[f"{prefix}.W1"], params[f"{prefix}.b1"])    # (..., H)
     hidden, ca = activation_forward(pre, activation)
-    k, c2 = linear_forward(hidden, params[f"{prefix}.W2"], params[f"{prefix}.b2"])  # (..., E)
+    k, c2 = affine_forward(hidden, params[f"{prefix}.W2"], params[f"{prefix}.b2"])   # (..., E)
     return k, KeyCache(c1, ca, c2)
 
 
-def key_net_backward(dk: np.ndarray, cache: KeyCache, prefix: str):
-    """Adjoint of (V1). Returns dv (..., X) and {prefix.W1, prefix.b1, prefix.W2, prefix.b2}."""
-    dhidden, dW2, db2 = linear_backward(dk, cache.out)
+def key_net_backward(dk: np.ndarray, cache: KeyCache, prefix: str, need_dv: bool = True):
+    """Adjoint of (V1). Returns dv (..., X) (None with need_dv=False: v is data) and
+    {prefix.W1, prefix.b1, prefix.W2, prefix.b2}."""
+    dhidden, dW2, db2 = affine_backward(dk, cache.out)
     dpre = activation_backward(dhidden, cache.activation)
-    dv, dW1, db1 = linear_backward(dpre, cache.hidden)
+    dv, dW1, db1 = affine_backward(dpre, cache.hidden, need_dv)
     return dv, {f"{prefix}.W1": dW1, f"{prefix}.b1": db1, f"{prefix}.W2": dW2, f"{prefix}.b2": db2}
 
 
@@ -102,22 +128,23 @@ def template_vae_forward(params: Mapping[str, np.ndarray], x: np.ndarray, memory
     p = params
     B = x.shape[0]
     m = memory[np.arange(B)[None, :], a]                                         # (S', B, X)  (V6) gather
-    pre_e, c_emb = linear_forward(m, p["emb.W"], p["emb.b"])
+    pre_e, c_emb = affine_forward(m, p["emb.W"], p["emb.b"])
     e, a_emb = activation_forward(pre_e, activation)                             # (S', B, He)
-    mu_p, c_mp = linear_forward(e, p["prior.Wm"], p["prior.bm"])                 # (S', B, Z)   (V7)
-    log_sig_p, c_sp = linear_forward(e, p["prior.Ws"], p["prior.bs"])
-    xw, c_ex = linear_forward(x, p["enc.Wx"])                                    # (B, H)       (V8)
-    pre_ee, c_ee = linear_forward(e, p["enc.We"], p["enc.b"])                    # (S', B, H)
+    mu_p, c_mp = affine_forward(e, p["prior.Wm"], p["prior.bm"])                 # (S', B, Z)   (V7)
+    log_sig_p, c_sp = affine_forward(e, p["prior.Ws"], p["prior.bs"])
+    xw, c_ex = affine_forward(x, p["enc.Wx"])                                    # (B, H)       (V8)
+    pre_ee, c_ee = affine_forward(e, p["enc.We"], p["enc.b"])                    # (S', B, H)
     g, a_enc = activation_forward(xw[None] + pre_ee, activation)
-    mu_q, c_mq = linear_forward(g, p["enc.Wm"], p["enc.bm"])                     # (S', B, Z)
-    log_sig_q, c_sq = linear_forward(g, p["enc.Ws"], p["enc.bs"])
+    mu_q, c_mq = affine_forward(g, p["enc.Wm"], p["enc.bm"])                     # (S', B, Z)
+    log_sig_q, c_sq = affine_forward(g, p["enc.Ws"], p["enc.bs"])
     sig_q = np.exp(log_sig_q)
     z = mu_q + sig_q * eps                                                       # (S', B, Z)   (V9)
-    pre_rz, c_dz = linear_forward(z, p["dec.Wz"], p["dec.b"])                    # (S', B, H)   (V10)
-    pre_re, c_de = linear_forward(e, p["dec.We"])
+    pre_rz, c_dz = affine_forward(z, p["dec.Wz"], p["dec.b"])                    # (S', B, H)   (V10)
+    pre_re, c_de = affine_forward(e, p["dec.We"])
     r, a_dec = activation_forward(pre_rz + pre_re, activation)
-    out, c_do = linear_forward(r, p["dec.Wo"], p["dec.bo"])                      # (S', B, X)
-    logit = out + p["dec.skip"] * m                                              # template skip
+    out, c_do = affine_forward(r, p["dec.Wo"], p["dec.bo"])                      # (S', B, X)
+    logit = out                                                                  # (out is a fresh array)
+    logit += p["dec.skip"] * m                                                   # template skip
     log_px, c_px = bernoulli_log_likelihood_forward(x[None], logit)              # (S', B)
     log_pz, c_pz = gaussian_log_density_forward(z, mu_p, log_sig_p)              # (S', B)      (V11)
     log_qz, c_qz = gaussian_log_density_forward(z, mu_q, log_sig_q)
@@ -141,26 +168,26 @@ def template_vae_backward(dinner: np.ndarray, cache: TemplateVAECache, memory_sh
     dlogit = bernoulli_log_likelihood_backward(dinner, c.log_px)                 # (S', B, X)   (V10)
     dz_p, dmu_p, dlog_sig_p = gaussian_log_density_backward(dinner, c.log_pz)    # (V11) prior
     dz_q, dmu_q, dlog_sig_q = gaussian_log_density_backward(-dinner, c.log_qz)   # (V11) posterior
-    grads["dec.skip"] = np.sum(dlogit * c.m, axis=(0, 1))                        # (X,)
-    dm = dlogit * c.skip                                                         # (S', B, X)
-    dr, grads["dec.Wo"], grads["dec.bo"] = linear_backward(dlogit, c.dec_out)
+    grads["dec.skip"] = np.einsum("sbx,sbx->x", dlogit, c.m)                     # (X,)
+    dr, grads["dec.Wo"], grads["dec.bo"] = affine_backward(dlogit, c.dec_out)
     dpre_r = activation_backward(dr, c.dec_act)
-    dz_dec, grads["dec.Wz"], grads["dec.b"] = linear_backward(dpre_r, c.dec_z)
-    de, grads["dec.We"], _ = linear_backward(dpre_r, c.dec_e)
+    dz_dec, grads["dec.Wz"], grads["dec.b"] = affine_backward(dpre_r, c.dec_z)
+    de, grads["dec.We"], _ = affine_backward(dpre_r, c.dec_e)
     dz = dz_dec + dz_p + dz_q                                                    # (S', B, Z)
     dmu_q = dmu_q + dz                                                           # (V9): dz/dmu_q = 1
     dlog_sig_q = dlog_sig_q + dz * c.sig_q * c.eps                               # dz/dlog sig_q = sig_q eps
-    dg_m, grads["enc.Wm"], grads["enc.bm"] = linear_backward(dmu_q, c.enc_out[0])   # (V8)
-    dg_s, grads["enc.Ws"], grads["enc.bs"] = linear_backward(dlog_sig_q, c.enc_out[1])
+    dg_m, grads["enc.Wm"], grads["enc.bm"] = affine_backward(dmu_q, c.enc_out[0])   # (V8)
+    dg_s, grads["enc.Ws"], grads["enc.bs"] = affine_backward(dlog_sig_q, c.enc_out[1])
     dpre_g = activation_backward(dg_m + dg_s, c.enc_act)                         # (S', B, H)
-    de_enc, grads["enc.We"], grads["enc.b"] = linear_backward(dpre_g, c.enc_e)
-    _, grads["enc.Wx"], _ = linear_backward(np.sum(dpre_g, axis=0), c.enc_x)     # x is shared by the S' samples
-    de_pm, grads["prior.Wm"], grads["prior.bm"] = linear_backward(dmu_p, c.prior[0])   # (V7)
-    de_ps, grads["prior.Ws"], grads["prior.bs"] = linear_backward(dlog_sig_p, c.prior[1])
+    de_enc, grads["enc.We"], grads["enc.b"] = affine_backward(dpre_g, c.enc_e)
+    _, grads["enc.Wx"], _ = affine_backward(np.sum(dpre_g, axis=0), c.enc_x, need_dv=False)   # x: shared, data
+    de_pm, grads["prior.Wm"], grads["prior.bm"] = affine_backward(dmu_p, c.prior[0])   # (V7)
+    de_ps, grads["prior.Ws"], grads["prior.bs"] = affine_backward(dlog_sig_p, c.prior[1])
     dpre_e = activation_backward(de + de_enc + de_pm + de_ps, c.emb[1])          # (V6)
-    dm_emb, grads["emb.W"], grads["emb.b"] = linear_backward(dpre_e, c.emb[0])
+    dm_emb, grads["emb.W"], grads["emb.b"] = affine_backward(dpre_e, c.emb[0], need_dv=memory_shape is not None)
     dmemory = None
     if memory_shape is not None:                  # scatter-add: several samples may pick one slot (F.4)
+        dm = dlogit * c.skip                                                     # (S', B, X) template skip
         dmemory = np.zeros(memory_shape, dtype=dm.dtype)
         B = memory_shape[0]
         np.add.at(dmemory, (np.broadcast_to(np.arange(B)[None, :], c.a.shape), c.a), dm + dm_emb)

@@ -67,7 +67,7 @@ from minimem import autodiff as ad
 from minimem import init
 from minimem.memory.vma_bound import (
     bernoulli_log_likelihood_autodiff, bernoulli_log_likelihood_backward, bernoulli_log_likelihood_forward,
-    gaussian_log_density_forward, logsumexp, sample_addresses, sigmoid,
+    check_finite, gaussian_log_density_forward, logsumexp, sample_addresses, sigmoid,
 )
 from minimem.memory.vsm_memory import (
     SemanticState, concept_term_autodiff, concept_term_backward, concept_term_forward, consolidate,
@@ -75,7 +75,8 @@ from minimem.memory.vsm_memory import (
     masked_softmax_autodiff, masked_softmax_backward, masked_softmax_forward, mixture_log_prior,
     recall_autodiff, recall_backward, recall_forward, semantic_address_entropy,
 )
-from minimem.nn.linear import check_finite, linear_autodiff, linear_backward, linear_forward
+from minimem.memory.vma_networks import affine_backward, affine_forward
+from minimem.nn.linear import linear_autodiff
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,7 @@ class VSMCache(NamedTuple):
     targets: np.ndarray         # (B, n_t, X)
     u_C: np.ndarray             # (B, Ne, Hu)                           (S1)
     u_T: np.ndarray             # (B, n_t, Hu)
-    feat: tuple                 # LinearCaches of the context and target features
+    feat: object                # LinearCache of the features of [context; targets] (one product)
     ubar_C_den: np.ndarray      # (B, 1) max(n_c, 1)                    (S2)
     cue: tuple                  # LinearCaches of chat and rho
     pi: np.ndarray              # (B, Zc) episodic precision
@@ -305,50 +306,51 @@ class VSM:
         n_c = mask.sum(axis=1).astype(context.dtype)                                # (B,)
         has_c = n_c > 0
         valid = mask[..., None].astype(context.dtype)                               # (B, Ne, 1)
-        pre_uC, c_fc = linear_forward(context, p["feat.W"], p["feat.b"])            # (S1)
-        pre_uT, c_ft = linear_forward(targets, p["feat.W"], p["feat.b"])
-        u_C, u_T = np.tanh(pre_uC), np.tanh(pre_uT)                                 # (B, Ne, Hu), (B, n_t, Hu)
+        Ne = context.shape[1]                                                       # (S1) one product for both
+        pre_u, c_feat = affine_forward(np.concatenate([context, targets], axis=1), p["feat.W"], p["feat.b"])
+        u = np.tanh(pre_u)                                                          # (B, Ne + n_t, Hu)
+        u_C, u_T = u[:, :Ne], u[:, Ne:]                                             # (B, Ne, Hu), (B, n_t, Hu)
         ubar_C_den = np.maximum(n_c, 1.0)[:, None]
         ubar_C = np.sum(valid * u_C, axis=1) / ubar_C_den                           # (B, Hu)     (S2)
-        chat_raw, c_cm = linear_forward(ubar_C, p["cue.Wm"], p["cue.bm"])
-        rho, c_cs = linear_forward(ubar_C, p["cue.Ws"], p["cue.bs"])
+        chat_raw, c_cm = affine_forward(ubar_C, p["cue.Wm"], p["cue.bm"])
+        rho, c_cs = affine_forward(ubar_C, p["cue.Ws"], p["cue.bs"])
         chat = np.where(has_c[:, None], chat_raw, 0.0)                              # (B, Zc)
         pi = n_c[:, None] * np.exp(-rho)                                            # 0 when n_c = 0
         (log_prior, m, P), c_rec = recall_forward(chat, pi, state.mu, state.lam, cfg.tau_r2)   # (S3)-(S5)
         ubar_den = (n_c + n_t)[:, None]
         ubar = (np.sum(valid * u_C, axis=1) + np.sum(u_T, axis=1)) / ubar_den       # (B, Hu)     (S6)
-        mu_c, c_pm = linear_forward(ubar, p["post.Wm"], p["post.bm"])
-        lv_raw, c_ps = linear_forward(ubar, p["post.Ws"], p["post.bs"])
+        mu_c, c_pm = affine_forward(ubar, p["post.Wm"], p["post.bm"])
+        lv_raw, c_ps = affine_forward(ubar, p["post.Ws"], p["post.bs"])
         log_var_c = lv_raw - np.log(ubar_den)
         (T_c, log_q_a), c_con = concept_term_forward(mu_c, log_var_c, log_prior, m, P)   # (S7)-(S8)
         sd_c = np.exp(0.5 * log_var_c)
         c = mu_c + sd_c * eps_c                                                     # (B, Zc)     (S9)
-        mu_z, c_zm = linear_forward(c, p["pz.Wm"], p["pz.bm"])                      # (B, Z)      (S10)
-        log_sig_z, c_zs = linear_forward(c, p["pz.Ws"], p["pz.bs"])
-        xw, c_qx = linear_forward(targets, p["qz.Wx"])                              # (B, n_t, H) (S11)
-        cw, c_qc = linear_forward(c, p["qz.Wc"], p["qz.b"])                         # (B, H)
+        mu_z, c_zm = affine_forward(c, p["pz.Wm"], p["pz.bm"])                      # (B, Z)      (S10)
+        log_sig_z, c_zs = affine_forward(c, p["pz.Ws"], p["pz.bs"])
+        xw, c_qx = affine_forward(targets, p["qz.Wx"])                              # (B, n_t, H) (S11)
+        cw, c_qc = affine_forward(c, p["qz.Wc"], p["qz.b"])                         # (B, H)
         g = np.tanh(xw + cw[:, None])
-        mu_qz, c_qm = linear_forward(g, p["qz.Wm"], p["qz.bm"])                     # (B, n_t, Z)
-        log_sig_qz, c_qs = linear_forward(g, p["qz.Ws"], p["qz.bs"])
+        mu_qz, c_qm = affine_forward(g, p["qz.Wm"], p["qz.bm"])                     # (B, n_t, Z)
+        log_sig_qz, c_qs = affine_forward(g, p["qz.Ws"], p["qz.bs"])
         sig_qz = np.exp(log_sig_qz)
         z = mu_qz + sig_qz * eps_z
         zc = np.concatenate([z, np.broadcast_to(c[:, None], (c.shape[0], n_t, cfg.Zc))], axis=-1)
-        query, c_aq = linear_forward(zc, p["att.Wq"])                               # (B, n_t, Hk) (S12)
-        keys, c_ak = linear_forward(u_C, p["att.Wk"])                               # (B, Ne, Hk)
+        query, c_aq = affine_forward(zc, p["att.Wq"])                               # (B, n_t, Hk) (S12)
+        keys, c_ak = affine_forward(u_C, p["att.Wk"])                               # (B, Ne, Hk)
         scores = np.einsum("bih,bjh->bij", query, keys) / math.sqrt(cfg.Hk)         # (B, n_t, Ne)
         beta, _ = masked_softmax_forward(scores, self.read_mask(mask)[:, None, :])
         r = np.einsum("bij,bjh->bih", beta, u_C)                                    # (B, n_t, Hu)
         t = np.einsum("bij,bjx->bix", beta, context)                                # (B, n_t, X)
-        hz, c_dz = linear_forward(z, p["dec.Wz"], p["dec.b"])                       # (S13)
-        hc, c_dc = linear_forward(c, p["dec.Wc"])
-        hr, c_dr = linear_forward(r, p["dec.Wr"])
+        hz, c_dz = affine_forward(z, p["dec.Wz"], p["dec.b"])                       # (S13)
+        hc, c_dc = affine_forward(c, p["dec.Wc"])
+        hr, c_dr = affine_forward(r, p["dec.Wr"])
         h = np.tanh(hz + hc[:, None] + hr)                                          # (B, n_t, H)
-        out, c_do = linear_forward(h, p["dec.Wo"], p["dec.bo"])
+        out, c_do = affine_forward(h, p["dec.Wo"], p["dec.bo"])
         logit = out + p["dec.skip"] * t
         log_px, c_px = bernoulli_log_likelihood_forward(targets, logit)             # (B, n_t)
         kl_z, c_kl = gaussian_kl_forward(mu_qz, log_sig_qz, mu_z[:, None], log_sig_z[:, None])   # (S14)
         L = np.sum(log_px - kl_z, axis=1) + T_c                                     # (B,)        (S15)
-        return L, VSMCache(mask, n_c, has_c, context, targets, u_C, u_T, (c_fc, c_ft), ubar_C_den, (c_cm, c_cs), pi,
+        return L, VSMCache(mask, n_c, has_c, context, targets, u_C, u_T, c_feat, ubar_C_den, (c_cm, c_cs), pi,
                            c_rec, log_prior, m, P, ubar_den, (c_pm, c_ps), mu_c, log_var_c, c_con, log_q_a, T_c,
                            sd_c, eps_c, c, (c_zm, c_zs), mu_z, log_sig_z, (c_qx, c_qc, c_qm, c_qs), g, mu_qz,
                            log_sig_qz, sig_qz, eps_z, z, (c_aq, c_ak), query, keys, beta, r, t,
@@ -366,52 +368,54 @@ class VSM:
         n_t, grads = k.targets.shape[1], {}
         d_item = np.broadcast_to(dL[:, None], k.log_px.shape)                      # (B, n_t)    (S15)
         dlogit = bernoulli_log_likelihood_backward(d_item, k.px)                   # (S13)
-        grads["dec.skip"] = np.sum(dlogit * k.t, axis=(0, 1))
+        grads["dec.skip"] = np.einsum("bix,bix->x", dlogit, k.t)
         dt = dlogit * p["dec.skip"]
-        dh, grads["dec.Wo"], grads["dec.bo"] = linear_backward(dlogit, k.dec[3])
+        dh, grads["dec.Wo"], grads["dec.bo"] = affine_backward(dlogit, k.dec[3])
         dpre_h = dh * (1.0 - k.h ** 2)
-        dz, grads["dec.Wz"], grads["dec.b"] = linear_backward(dpre_h, k.dec[0])
-        dc, grads["dec.Wc"], _ = linear_backward(np.sum(dpre_h, axis=1), k.dec[1])
-        dr, grads["dec.Wr"], _ = linear_backward(dpre_h, k.dec[2])
+        dz, grads["dec.Wz"], grads["dec.b"] = affine_backward(dpre_h, k.dec[0])
+        dc, grads["dec.Wc"], _ = affine_backward(np.sum(dpre_h, axis=1), k.dec[1])
+        dr, grads["dec.Wr"], _ = affine_backward(dpre_h, k.dec[2])
         dbeta = np.einsum("bih,bjh->bij", dr, k.u_C) + np.einsum("bix,bjx->bij", dt, k.context)   # (S12)
         du_C = np.einsum("bij,bih->bjh", k.beta, dr)                                # (B, Ne, Hu)
         dscores = masked_softmax_backward(dbeta, k.beta) / math.sqrt(cfg.Hk)
         dquery = np.einsum("bij,bjh->bih", dscores, k.keys)
         dkeys = np.einsum("bij,bih->bjh", dscores, k.query)
-        dzc, grads["att.Wq"], _ = linear_backward(dquery, k.att[0])
+        dzc, grads["att.Wq"], _ = affine_backward(dquery, k.att[0])
         dz = dz + dzc[..., :cfg.Z]
         dc = dc + np.sum(dzc[..., cfg.Z:], axis=1)
-        du_keys, grads["att.Wk"], _ = linear_backward(dkeys, k.att[1])
+        du_keys, grads["att.Wk"], _ = affine_backward(dkeys, k.att[1])
         du_C = du_C + du_keys
         dmu_qz, dls_qz, dmu_z, dls_z = gaussian_kl_backward(-d_item, k.kl)          # (S14)
         dmu_qz = dmu_qz + dz                                                        # (S11): dz/dmu = 1
         dls_qz = dls_qz + dz * k.sig_qz * k.eps_z                                   # dz/dlog sig = sig eps
-        dg_m, grads["qz.Wm"], grads["qz.bm"] = linear_backward(dmu_qz, k.qz[2])
-        dg_s, grads["qz.Ws"], grads["qz.bs"] = linear_backward(dls_qz, k.qz[3])
+        dg_m, grads["qz.Wm"], grads["qz.bm"] = affine_backward(dmu_qz, k.qz[2])
+        dg_s, grads["qz.Ws"], grads["qz.bs"] = affine_backward(dls_qz, k.qz[3])
         dpre_g = (dg_m + dg_s) * (1.0 - k.g ** 2)
-        _, grads["qz.Wx"], _ = linear_backward(dpre_g, k.qz[0])
-        dc_q, grads["qz.Wc"], grads["qz.b"] = linear_backward(np.sum(dpre_g, axis=1), k.qz[1])
-        dc_zm, grads["pz.Wm"], grads["pz.bm"] = linear_backward(np.sum(dmu_z, axis=1), k.pz[0])   # (S10)
-        dc_zs, grads["pz.Ws"], grads["pz.bs"] = linear_backward(np.sum(dls_z, axis=1), k.pz[1])
+        _, grads["qz.Wx"], _ = affine_backward(dpre_g, k.qz[0], need_dv=False)
+        dc_q, grads["qz.Wc"], grads["qz.b"] = affine_backward(np.sum(dpre_g, axis=1), k.qz[1])
+        dc_zm, grads["pz.Wm"], grads["pz.bm"] = affine_backward(np.sum(dmu_z, axis=1), k.pz[0])   # (S10)
+        dc_zs, grads["pz.Ws"], grads["pz.bs"] = affine_backward(np.sum(dls_z, axis=1), k.pz[1])
         dc = dc + dc_q + dc_zm + dc_zs                                              # (B, Zc)
         dmu_c, dlog_var_c = dc, dc * 0.5 * k.sd_c * k.eps_c                         # (S9)
         dmu_c2, dlv2, dlog_prior, dm, dP = concept_term_backward(dL, k.concept)    # (S7)-(S8)
         dmu_c, dlog_var_c = dmu_c + dmu_c2, dlog_var_c + dlv2
-        dub_m, grads["post.Wm"], grads["post.bm"] = linear_backward(dmu_c, k.post[0])   # (S6)
-        dub_s, grads["post.Ws"], grads["post.bs"] = linear_backward(dlog_var_c, k.post[1])
+        dub_m, grads["post.Wm"], grads["post.bm"] = affine_backward(dmu_c, k.post[0])   # (S6)
+        dub_s, grads["post.Ws"], grads["post.bs"] = affine_backward(dlog_var_c, k.post[1])
         dubar = (dub_m + dub_s) / k.ubar_den                                        # (B, Hu)
         valid = k.mask[..., None].astype(dubar.dtype)
         du_C = du_C + valid * dubar[:, None]
         du_T = np.broadcast_to(dubar[:, None], k.u_T.shape)
-        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall)   # (S3)-(S5)
+        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall, state_grads)   # (S3)-(S5)
         dchat = np.where(k.has_c[:, None], dchat, 0.0)                              # (S2)
         drho = -dpi * k.pi
-        dubC_m, grads["cue.Wm"], grads["cue.bm"] = linear_backward(dchat, k.cue[0])
-        dubC_s, grads["cue.Ws"], grads["cue.bs"] = linear_backward(drho, k.cue[1])
+        dubC_m, grads["cue.Wm"], grads["cue.bm"] = affine_backward(dchat, k.cue[0])
+        dubC_s, grads["cue.Ws"], grads["cue.bs"] = affine_backward(drho, k.cue[1])
         du_C = du_C + valid * ((dubC_m + dubC_s) / k.ubar_C_den)[:, None]
-        _, dW_C, db_C = linear_backward(du_C * (1.0 - k.u_C ** 2), k.feat[0])      # (S1), shared net
-        _, dW_T, db_T = linear_backward(du_T * (1.0 - k.u_T ** 2), k.feat[1])
-        grads["feat.W"], grads["feat.b"] = dW_C + dW_T, db_C + db_T
+        Ne = k.u_C.shape[1]                                                         # (S1), shared net:
+        dpre_u = np.empty(k.u_C.shape[:1] + (Ne + k.u_T.shape[1],) + k.u_C.shape[2:], dtype=du_C.dtype)   # one product
+        np.multiply(du_C, 1.0 - k.u_C ** 2, out=dpre_u[:, :Ne])
+        np.multiply(du_T, 1.0 - k.u_T ** 2, out=dpre_u[:, Ne:])
+        _, grads["feat.W"], grads["feat.b"] = affine_backward(dpre_u, k.feat, need_dv=False)
         out = {name: grads[name].astype(p[name].dtype, copy=False) for name in p}
         if state_grads:
             out["sem.mu"], out["sem.lam"] = dsem_mu, dsem_lam
@@ -531,7 +535,7 @@ class VSMVAECache(NamedTuple):
     targets: np.ndarray         # (B, n_t, X)
     u_C: np.ndarray             # (B, Ne, Hu)                           (S1)
     u_T: np.ndarray             # (B, n_t, Hu)
-    feat: tuple                 # LinearCaches of the context and target features
+    feat: object                # LinearCache of the features of [context; targets] (one product)
     ubar_C_den: np.ndarray      # (B, 1)                                (S2)
     cue: tuple
     pi: np.ndarray              # (B, Zc)
@@ -598,38 +602,39 @@ class VSMVAE(VSM):
         n_c = mask.sum(axis=1).astype(context.dtype)
         has_c = n_c > 0
         valid = mask[..., None].astype(context.dtype)
-        pre_uC, c_fc = linear_forward(context, p["feat.W"], p["feat.b"])            # (S1)
-        pre_uT, c_ft = linear_forward(targets, p["feat.W"], p["feat.b"])
-        u_C, u_T = np.tanh(pre_uC), np.tanh(pre_uT)
+        Ne = context.shape[1]                                                       # (S1) one product for both
+        pre_u, c_feat = affine_forward(np.concatenate([context, targets], axis=1), p["feat.W"], p["feat.b"])
+        u = np.tanh(pre_u)                                                          # (B, Ne + n_t, Hu)
+        u_C, u_T = u[:, :Ne], u[:, Ne:]                                             # (B, Ne, Hu), (B, n_t, Hu)
         ubar_C_den = np.maximum(n_c, 1.0)[:, None]
         ubar_C = np.sum(valid * u_C, axis=1) / ubar_C_den                           # (S2)
-        chat_raw, c_cm = linear_forward(ubar_C, p["cue.Wm"], p["cue.bm"])
-        rho, c_cs = linear_forward(ubar_C, p["cue.Ws"], p["cue.bs"])
+        chat_raw, c_cm = affine_forward(ubar_C, p["cue.Wm"], p["cue.bm"])
+        rho, c_cs = affine_forward(ubar_C, p["cue.Ws"], p["cue.bs"])
         chat = np.where(has_c[:, None], chat_raw, 0.0)
         pi = n_c[:, None] * np.exp(-rho)
         (log_prior, m, P), c_rec = recall_forward(chat, pi, state.mu, state.lam, cfg.tau_r2)   # (S3)-(S5)
-        mu_c, c_pm = linear_forward(u_T, p["post.Wm"], p["post.bm"])                # (B, n_t, Zc) (S6')
-        log_var_c, c_ps = linear_forward(u_T, p["post.Ws"], p["post.bs"])
+        mu_c, c_pm = affine_forward(u_T, p["post.Wm"], p["post.bm"])                # (B, n_t, Zc) (S6')
+        log_var_c, c_ps = affine_forward(u_T, p["post.Ws"], p["post.bs"])
         rep = lambda a: np.repeat(a, n_t, axis=0)                                   # task -> its targets
         (T_flat, lq_flat), c_con = concept_term_forward(mu_c.reshape(B * n_t, -1), log_var_c.reshape(B * n_t, -1),
                                                         rep(log_prior), rep(m), rep(P))          # (S7'-S8')
         T_c, log_q_a = T_flat.reshape(B, n_t), lq_flat.reshape(B, n_t, -1)
         sd_c = np.exp(0.5 * log_var_c)
         c = mu_c + sd_c * eps_c                                                     # (B, n_t, Zc) (S9')
-        query, c_aq = linear_forward(c, p["att.Wq"])                                # (S12')
-        keys, c_ak = linear_forward(u_C, p["att.Wk"])
+        query, c_aq = affine_forward(c, p["att.Wq"])                                # (S12')
+        keys, c_ak = affine_forward(u_C, p["att.Wk"])
         scores = np.einsum("bih,bjh->bij", query, keys) / math.sqrt(cfg.Hk)
         beta, _ = masked_softmax_forward(scores, self.read_mask(mask)[:, None, :])
         r = np.einsum("bij,bjh->bih", beta, u_C)
         t = np.einsum("bij,bjx->bix", beta, context)
-        hc, c_dc = linear_forward(c, p["dec.Wc"], p["dec.b"])                       # (S13')
-        hr, c_dr = linear_forward(r, p["dec.Wr"])
+        hc, c_dc = affine_forward(c, p["dec.Wc"], p["dec.b"])                       # (S13')
+        hr, c_dr = affine_forward(r, p["dec.Wr"])
         h = np.tanh(hc + hr)
-        out, c_do = linear_forward(h, p["dec.Wo"], p["dec.bo"])
+        out, c_do = affine_forward(h, p["dec.Wo"], p["dec.bo"])
         logit = out + p["dec.skip"] * t
         log_px, c_px = bernoulli_log_likelihood_forward(targets, logit)             # (B, n_t)
         L = np.sum(log_px + T_c, axis=1)                                            # (S15')
-        return L, VSMVAECache(mask, n_c, has_c, context, targets, u_C, u_T, (c_fc, c_ft), ubar_C_den, (c_cm, c_cs),
+        return L, VSMVAECache(mask, n_c, has_c, context, targets, u_C, u_T, c_feat, ubar_C_den, (c_cm, c_cs),
                               pi, c_rec, log_prior, m, P, (c_pm, c_ps), mu_c, log_var_c, c_con, log_q_a, T_c, sd_c,
                               eps_c, c, (c_aq, c_ak), query, keys, beta, r, t, (c_dc, c_dr, c_do), h, log_px, c_px, L)
 
@@ -642,19 +647,19 @@ class VSMVAE(VSM):
         (B, n_t), grads = k.targets.shape[:2], {}
         d_item = np.broadcast_to(dL[:, None], k.log_px.shape)                      # (B, n_t)   (S15')
         dlogit = bernoulli_log_likelihood_backward(d_item, k.px)                   # (S13')
-        grads["dec.skip"] = np.sum(dlogit * k.t, axis=(0, 1))
+        grads["dec.skip"] = np.einsum("bix,bix->x", dlogit, k.t)
         dt = dlogit * p["dec.skip"]
-        dh, grads["dec.Wo"], grads["dec.bo"] = linear_backward(dlogit, k.dec[2])
+        dh, grads["dec.Wo"], grads["dec.bo"] = affine_backward(dlogit, k.dec[2])
         dpre_h = dh * (1.0 - k.h ** 2)
-        dc, grads["dec.Wc"], grads["dec.b"] = linear_backward(dpre_h, k.dec[0])
-        dr, grads["dec.Wr"], _ = linear_backward(dpre_h, k.dec[1])
+        dc, grads["dec.Wc"], grads["dec.b"] = affine_backward(dpre_h, k.dec[0])
+        dr, grads["dec.Wr"], _ = affine_backward(dpre_h, k.dec[1])
         dbeta = np.einsum("bih,bjh->bij", dr, k.u_C) + np.einsum("bix,bjx->bij", dt, k.context)   # (S12')
         du_C = np.einsum("bij,bih->bjh", k.beta, dr)
         dscores = masked_softmax_backward(dbeta, k.beta) / math.sqrt(cfg.Hk)
         dquery = np.einsum("bij,bjh->bih", dscores, k.keys)
         dkeys = np.einsum("bij,bih->bjh", dscores, k.query)
-        dc_q, grads["att.Wq"], _ = linear_backward(dquery, k.att[0])
-        du_keys, grads["att.Wk"], _ = linear_backward(dkeys, k.att[1])
+        dc_q, grads["att.Wq"], _ = affine_backward(dquery, k.att[0])
+        du_keys, grads["att.Wk"], _ = affine_backward(dkeys, k.att[1])
         dc, du_C = dc + dc_q, du_C + du_keys
         dmu_c, dlog_var_c = dc, dc * 0.5 * k.sd_c * k.eps_c                         # (S9')
         dmu2, dlv2, dlp, dm, dP = concept_term_backward(d_item.reshape(-1), k.concept)   # (S7'-S8')
@@ -663,19 +668,21 @@ class VSMVAE(VSM):
         dlog_prior = dlp.reshape(B, n_t, -1).sum(axis=1)                           # shared by the targets
         dm = dm.reshape((B, n_t) + dm.shape[1:]).sum(axis=1)
         dP = dP.reshape((B, n_t) + dP.shape[1:]).sum(axis=1)
-        du_T_m, grads["post.Wm"], grads["post.bm"] = linear_backward(dmu_c, k.post[0])   # (S6')
-        du_T_s, grads["post.Ws"], grads["post.bs"] = linear_backward(dlog_var_c, k.post[1])
+        du_T_m, grads["post.Wm"], grads["post.bm"] = affine_backward(dmu_c, k.post[0])   # (S6')
+        du_T_s, grads["post.Ws"], grads["post.bs"] = affine_backward(dlog_var_c, k.post[1])
         du_T = du_T_m + du_T_s
-        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall)   # (S3)-(S5)
+        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall, state_grads)   # (S3)-(S5)
         dchat = np.where(k.has_c[:, None], dchat, 0.0)                              # (S2)
         drho = -dpi * k.pi
-        dubC_m, grads["cue.Wm"], grads["cue.bm"] = linear_backward(dchat, k.cue[0])
-        dubC_s, grads["cue.Ws"], grads["cue.bs"] = linear_backward(drho, k.cue[1])
+        dubC_m, grads["cue.Wm"], grads["cue.bm"] = affine_backward(dchat, k.cue[0])
+        dubC_s, grads["cue.Ws"], grads["cue.bs"] = affine_backward(drho, k.cue[1])
         valid = k.mask[..., None].astype(du_C.dtype)
         du_C = du_C + valid * ((dubC_m + dubC_s) / k.ubar_C_den)[:, None]
-        _, dW_C, db_C = linear_backward(du_C * (1.0 - k.u_C ** 2), k.feat[0])      # (S1), shared net
-        _, dW_T, db_T = linear_backward(du_T * (1.0 - k.u_T ** 2), k.feat[1])
-        grads["feat.W"], grads["feat.b"] = dW_C + dW_T, db_C + db_T
+        Ne = k.u_C.shape[1]                                                         # (S1), shared net:
+        dpre_u = np.empty(k.u_C.shape[:1] + (Ne + k.u_T.shape[1],) + k.u_C.shape[2:], dtype=du_C.dtype)   # one product
+        np.multiply(du_C, 1.0 - k.u_C ** 2, out=dpre_u[:, :Ne])
+        np.multiply(du_T, 1.0 - k.u_T ** 2, out=dpre_u[:, Ne:])
+        _, grads["feat.W"], grads["feat.b"] = affine_backward(dpre_u, k.feat, need_dv=False)
         out = {name: grads[name].astype(p[name].dtype, copy=False) for name in p}
         if state_grads:
             out["sem.mu"], out["sem.lam"] = dsem_mu, dsem_lam

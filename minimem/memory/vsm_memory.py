@@ -74,21 +74,26 @@ def recall_forward(chat: np.ndarray, pi: np.ndarray, mu: np.ndarray, lam: np.nda
     return (log_prior, m, P), RecallCache(chat, pi, mu, lam, v, D, delta, np.exp(log_prior), m, P)
 
 
-def recall_backward(dlog_prior: np.ndarray, dm: np.ndarray, dP: np.ndarray, cache: RecallCache):
+def recall_backward(dlog_prior: np.ndarray, dm: np.ndarray, dP: np.ndarray, cache: RecallCache,
+                    need_state: bool = True):
     """Adjoint of (S3)-(S5). Returns (dchat (B, Zc), dpi (B, Zc), dmu (Ns, Zc), dlam (Ns, Zc));
-    dmu and dlam are for checking foreign implementations, never for updating the memory."""
+    dmu and dlam are for checking foreign implementations, never for updating the memory, and are
+    None with need_state=False (a training step skips them)."""
     chat, pi, mu, lam, v, D, delta, prior, m, P = cache
     dscore = dlog_prior - prior * np.sum(dlog_prior, axis=-1, keepdims=True)   # log_softmax  (S5)
     ds = dscore[:, :, None]                                                  # (B, Ns, 1)
     pi3 = pi[:, None, :]
-    dchat = np.sum(ds * (-pi3 * delta / D), axis=1)                          # (B, Zc)
-    dpi = np.sum(ds * (-0.5 * delta ** 2 / D ** 2 - 0.5 * v / D), axis=1)
-    dmu = np.sum(ds * (pi3 * delta / D), axis=0)                             # (Ns, Zc)
-    dv = np.sum(ds * (0.5 * pi3 ** 2 * delta ** 2 / D ** 2 - 0.5 * pi3 / D), axis=0)
-    dpi += np.sum(dP + dm * (chat[:, None, :] - m) / P, axis=1)              # (S4): dP/dpi = 1
-    dchat += np.sum(dm * pi3 / P, axis=1)
-    dmu += np.sum(dm / (v * P), axis=0)
-    dv += np.sum(-dP / v ** 2 + dm * (m - mu) / (v ** 2 * P), axis=0)
+    inv_D = 1.0 / D
+    r = delta * inv_D                                                        # (B, Ns, Zc) delta / D
+    ds_r = ds * r
+    dm_P = dm / P
+    dchat = pi * (np.sum(dm_P, axis=1) - np.sum(ds_r, axis=1))               # (B, Zc); pi does not vary over Ns
+    dpi = np.sum(dP + dm_P * (chat[:, None, :] - m) - 0.5 * ds * (r * r + v * inv_D), axis=1)   # (S4): dP/dpi = 1
+    if not need_state:
+        return dchat, dpi, None, None
+    dmu = np.sum(pi3 * ds_r + dm_P / v, axis=0)                              # (Ns, Zc)
+    dv = np.sum(ds * (0.5 * (pi3 * r) ** 2 - 0.5 * pi3 * inv_D), axis=0)
+    dv += np.sum(-dP / v ** 2 + dm_P * (m - mu) / v ** 2, axis=0)
     return dchat, dpi, dmu, -dv / lam ** 2                                   # (S3): dv/dlam = -1/lam^2
 
 

@@ -34,13 +34,6 @@ from minimem.nn.linear import (
 )
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    """Logistic function that never overflows (exp of a non-positive number only)."""
-    e = np.exp(-np.abs(z))
-    d = 1.0 + e
-    return np.where(z >= 0, 1.0 / d, e / d)
-
-
 def _lstm_shapes(params: Mapping[str, np.ndarray]) -> tuple[int, int]:
     """(X, H) from the parameter shapes, checking that W_x, W_h and b agree."""
     W_x = np.shape(params.get("W_x"))
@@ -64,6 +57,7 @@ class LSTMStepCache(NamedTuple):
     tanh_c: np.ndarray   # (B, H) tanh(c)
     W_x: np.ndarray      # (X, 4H)
     W_h: np.ndarray      # (H, 4H)
+    gates: np.ndarray | None = None   # (B, 4H) [i, f, g, o]; i, f, g, o are views of it
 
 
 def lstm_step_forward(x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, params: Mapping[str, np.ndarray]):
@@ -86,22 +80,41 @@ def lstm_step_forward(x: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, par
         if state.shape != (B, H):
             raise ValueError(f"{name} must have shape (B, H) = {(B, H)}; got {state.shape}")
     W_x, W_h, b = params["W_x"], params["W_h"], params["b"]
-    z = x @ W_x + h_prev @ W_h + b                              # (B, 4H)  eq. (1)
-    return _cell(z, x, h_prev, c_prev, W_x, W_h)
+    u = x @ W_x + h_prev @ W_h + b                              # (B, 4H)  z, eq. (1)
+    u *= _gate_signs(H, u.dtype)                                # sign-scaled for _cell (exact)
+    dtype = np.result_type(u, c_prev)
+    c, tanh_c, h = (np.empty((B, H), dtype=dtype) for _ in range(3))
+    _cell(u, c_prev, c, tanh_c, h)                              # eqs. (2)-(4); u now holds the gates
+    i, f, g, o = u[:, 0:H], u[:, H:2 * H], u[:, 2 * H:3 * H], u[:, 3 * H:]
+    return (h, c), LSTMStepCache(x, h_prev, c_prev, i, f, g, o, c, tanh_c, W_x, W_h, u)
 
 
-def _cell(z: np.ndarray, x, h_prev: np.ndarray, c_prev: np.ndarray, W_x, W_h):
-    """Eqs. (2)-(4) from the pre-activations z (B, 4H): ((h, c), LSTMStepCache)."""
-    H = z.shape[1] // 4
-    gates = _sigmoid(z)                                         # (B, 4H)  eq. (2), one call for i, f, o
-    i = gates[:, 0:H]                                           # (the g block's sigmoid is unused)
-    f = gates[:, H:2 * H]
-    g = np.tanh(z[:, 2 * H:3 * H])
-    o = gates[:, 3 * H:4 * H]
-    c = f * c_prev + i * g                                      # eq. (3)
-    tanh_c = np.tanh(c)
-    h = o * tanh_c                                              # eq. (4)
-    return (h, c), LSTMStepCache(x, h_prev, c_prev, i, f, g, o, c, tanh_c, W_x, W_h)
+def _cell(u: np.ndarray, c_prev: np.ndarray, c: np.ndarray, tanh_c: np.ndarray, h: np.ndarray) -> None:
+    """Eqs. (2)-(4) in place. u (B, 4H) holds the sign-scaled pre-activations (see _gate_signs):
+    -z on the i, f, o blocks and -2 z on the g block; it is overwritten with the gates [i, f, g, o].
+    c, tanh_c and h (B, H) receive c_t, tanh(c_t) and h_t.
+
+    Float64 exp is the cheapest transcendental NumPy has (tanh costs about twice as much), so every
+    nonlinearity is one exp: sigmoid(v) = 1 / (1 + e^-v) on all four blocks at once, the g block
+    through tanh(v) = 2 sigmoid(2v) - 1, and tanh(c) = 2 sigmoid(2c) - 1. Both are exact in the
+    limits (e^-v = inf gives 0) and within a few units in the last place elsewhere.
+    """
+    H = c.shape[1]
+    with np.errstate(over="ignore"):                            # e^-v = inf -> sigmoid(v) = 0, exactly
+        np.exp(u, out=u)
+        u += 1.0
+        np.reciprocal(u, out=u)                                 # eq. (2): sigmoid of every block
+        i, f, g, o = u[:, 0:H], u[:, H:2 * H], u[:, 2 * H:3 * H], u[:, 3 * H:]
+        g *= 2.0
+        g -= 1.0                                                # g = tanh(z_g) = 2 sigmoid(2 z_g) - 1
+        np.multiply(f, c_prev, out=c)
+        c += i * g                                              # eq. (3)
+        np.multiply(c, -2.0, out=tanh_c)
+        np.exp(tanh_c, out=tanh_c)
+        tanh_c += 1.0
+        np.divide(2.0, tanh_c, out=tanh_c)
+        tanh_c -= 1.0                                           # tanh(c_t)
+    np.multiply(o, tanh_c, out=h)                               # eq. (4)
 
 
 def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
@@ -118,22 +131,29 @@ def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
     return dx, dh_prev, dc_prev, grads
 
 
-def _cell_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
-    """Adjoint of eqs. (2)-(4): (dz (B, 4H), dc_prev (B, H)) from dh and dc as in lstm_step_backward."""
-    _, _, c_prev, i, f, g, o, _, tanh_c, _, _ = cache
+def _cell_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache, out: np.ndarray | None = None):
+    """Adjoint of eqs. (2)-(4): (dz (B, 4H), dc_prev (B, H)) from dh and dc as in lstm_step_backward;
+    dz is written into `out` when given."""
+    c_prev, i, f, g, o, tanh_c = cache.c_prev, cache.i, cache.f, cache.g, cache.o, cache.tanh_c
     H = i.shape[1]
-    do = dh * tanh_c                                            # eq. (4)
-    dc_total = dc + dh * o * (1.0 - tanh_c * tanh_c)            # c_t feeds h_t and c_{t+1}
-    di = dc_total * g                                           # eq. (3)
-    df = dc_total * c_prev
-    dg = dc_total * i
-    dc_prev = dc_total * f
-    dz = np.empty((di.shape[0], 4 * H), dtype=np.result_type(di, do))   # (B, 4H)  eq. (2)
-    dz[:, 0:H] = di * i * (1.0 - i)
-    dz[:, H:2 * H] = df * f * (1.0 - f)
-    dz[:, 2 * H:3 * H] = dg * (1.0 - g * g)
-    dz[:, 3 * H:] = do * o * (1.0 - o)
-    return dz, dc_prev
+    dz = np.empty((i.shape[0], 4 * H), dtype=np.result_type(dh, o)) if out is None else out   # (B, 4H)
+    gates = cache.gates
+    if gates is None:                                           # a cache built without the (B, 4H) block
+        gates = np.concatenate([i, f, g, o], axis=1)
+    dc_total = 1.0 - tanh_c * tanh_c                            # c_t feeds h_t and c_{t+1}
+    dc_total *= o
+    dc_total *= dh
+    dc_total += dc
+    np.multiply(dc_total, g, out=dz[:, 0:H])                    # d i     eq. (3)
+    np.multiply(dc_total, c_prev, out=dz[:, H:2 * H])           # d f
+    np.multiply(dc_total, i, out=dz[:, 2 * H:3 * H])            # d g
+    np.multiply(dh, tanh_c, out=dz[:, 3 * H:])                  # d o     eq. (4)
+    slope = 1.0 - gates                                         # (B, 4H) eq. (2): s (1 - s) ...
+    slope *= gates
+    np.multiply(g, g, out=slope[:, 2 * H:3 * H])                # ... and 1 - g^2 for the g block
+    np.subtract(1.0, slope[:, 2 * H:3 * H], out=slope[:, 2 * H:3 * H])
+    dz *= slope
+    return dz, dc_total * f
 
 
 # ----------------------------------------------------------------- a sequence
@@ -142,6 +162,15 @@ class LSTMCache(NamedTuple):
     xs: np.ndarray                     # (T, B, X) inputs
     steps: list                        # T LSTMStepCache, one per step
     c_last: np.ndarray                 # (B, H) final cell state c_T
+    h_all: np.ndarray | None = None    # (T + 1, B, H) h_0..h_T (the steps' h_prev are views of it);
+                                       # None for a cache assembled by hand
+
+
+def _gate_signs(H: int, dtype) -> np.ndarray:
+    """(4H,) -1 on the sigmoid blocks i, f, o and -2 on the g block: multiplying the columns of
+    W_x, W_h and b by it gives -z with the g block doubled, exactly (powers of two), so that one
+    exp per step serves all four gates (see _cell)."""
+    return np.repeat(np.array([-1.0, -1.0, -2.0, -1.0], dtype=dtype), H)
 
 
 def lstm_forward(xs: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
@@ -167,34 +196,47 @@ def lstm_forward(xs: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
         if state.shape != (B, H):
             raise ValueError(f"{name} must have shape (B, H) = {(B, H)}; got {state.shape}")
     W_x, W_h, b = params["W_x"], params["W_h"], params["b"]
+    dtype = np.result_type(xs, W_x, W_h, h, c)
+    sign = _gate_signs(H, dtype)
+    W_hs = W_h * sign                                           # (H, 4H) columns scaled by -1 / -2 (exact)
     # The input half of eq. (1) for every step in one product; only h_{t-1} @ W_h stays in the loop.
-    zx = (xs.reshape(T * B, X) @ W_x + b).reshape(T, B, 4 * H)  # (T, B, 4H)
-    hs = np.empty((T, B, H), dtype=np.result_type(xs, W_x))
+    zx = (xs.reshape(T * B, X) @ (W_x * sign) + b * sign).reshape(T, B, 4 * H)   # (T, B, 4H), sign-scaled
+    gates = np.empty((T, B, 4 * H), dtype=dtype)                # every step's [i, f, g, o]
+    cs, tanh_cs = np.empty((T, B, H), dtype=dtype), np.empty((T, B, H), dtype=dtype)
+    h_all = np.empty((T + 1, B, H), dtype=dtype)                # h_0..h_T: h_all[:-1] are the h_{t-1}
+    h_all[0] = h
     steps = []
     for t in range(T):
-        (h, c), step = _cell(zx[t] + h @ W_h, xs[t], h, c, W_x, W_h)   # eqs. (1)-(4)
-        hs[t] = h
-        steps.append(step)
-    return hs, LSTMCache(params, xs, steps, c)
+        u = np.matmul(h, W_hs, out=gates[t])
+        u += zx[t]                                              # sign-scaled z, eq. (1)
+        _cell(u, c, cs[t], tanh_cs[t], h_all[t + 1])            # eqs. (2)-(4); u now holds the gates
+        i, f, g, o = u[:, 0:H], u[:, H:2 * H], u[:, 2 * H:3 * H], u[:, 3 * H:]
+        steps.append(LSTMStepCache(xs[t], h, c, i, f, g, o, cs[t], tanh_cs[t], W_x, W_h, u))
+        h, c = h_all[t + 1], cs[t]
+    # hs is a copy, so that a caller writing into it cannot change what lstm_backward reads.
+    return h_all[1:].copy(), LSTMCache(params, xs, steps, c, h_all)
 
 
 def lstm_backward(dhs: np.ndarray, cache: LSTMCache):
     """BPTT through lstm_forward. dhs (T, B, H) holds only the per-step losses' gradients
     w.r.t. h_t; the gradient carried from step t+1 is added here. Returns dxs (T, B, X),
-    dh0 (B, H), dc0 (B, H) and a dict of parameter gradients."""
+    dh0 (B, H), dc0 (B, H) and a dict of parameter gradients. The loop keeps only the recurrence
+    (eqs. (2)-(4) backwards on (B, H) blocks and dz_t @ W_h^T); the weight gradients and dxs are
+    products over all steps at once."""
     T, B, H = cache.xs.shape[0], cache.xs.shape[1], cache.c_last.shape[1]
     if dhs.shape != (T, B, H):
         raise ValueError(f"dhs must have the shape of hs (T, B, H) = {(T, B, H)}; got {dhs.shape}")
     W_x, W_h = cache.params["W_x"], cache.params["W_h"]
     X = W_x.shape[0]
+    steps = cache.steps
     dh_carry = np.zeros((B, H), dtype=dhs.dtype)
     dc_carry = np.zeros((B, H), dtype=dhs.dtype)
     dZ = np.empty((T, B, 4 * H), dtype=np.result_type(dhs, W_x))   # every step's dz
-    h_prevs = np.empty((T, B, H), dtype=dZ.dtype)                  # every step's h_{t-1}
+    W_hT = W_h.T
     for t in reversed(range(T)):
-        dZ[t], dc_carry = _cell_backward(dhs[t] + dh_carry, dc_carry, cache.steps[t])
-        dh_carry = dZ[t] @ W_h.T                                # (B, H) to step t-1
-        h_prevs[t] = cache.steps[t].h_prev
+        _, dc_carry = _cell_backward(dhs[t] + dh_carry, dc_carry, steps[t], out=dZ[t])
+        dh_carry = dZ[t] @ W_hT                                 # (B, H) to step t-1
+    h_prevs = cache.h_all[:-1] if cache.h_all is not None else np.stack([s.h_prev for s in steps])   # (T, B, H)
     # The weights are shared across steps: their gradients (and dxs) are one product over all steps.
     dZ_flat = dZ.reshape(T * B, 4 * H)
     grads = {"W_x": cache.xs.reshape(T * B, X).T @ dZ_flat,
