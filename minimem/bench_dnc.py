@@ -33,25 +33,31 @@ oneplus strengths, usage floor 1e-6, stable sort, modes (backward, content, forw
 comparison is between two implementations of one function: check_pytorch_ports() runs both on one
 fixed batch in float64 with identical parameters and reports the loss and gradient differences.
 
-Measured (one full run, 5 rounds, medians; 2 cores shared with other jobs at a load average of 7-9,
-so every time is inflated and ratios near 1 are within the noise; torch 2.13 CPU, numpy 2.4):
+Measured (5 rounds, medians; 2 cores shared with other jobs, so times are inflated and single
+ratios move by +-10% or more between runs; torch 2.13 CPU, numpy 2.4):
     ports == minimem in float64 at the full sizes: loss difference 0.0 (NTM 111.2286, DNC 112.5172
-    nats per sequence), largest relative gradient difference 2.8e-12 (NTM) and 4.4e-16 (DNC).
-    manual vs autodiff, float64: NTM B=1 171 ms vs 662 ms (3.9x), B=16 501 ms vs 1.21 s (2.4x);
-    DNC 488 ms vs 1.32 s (2.7x).
-    minimem manual vs PyTorch, ms per training step (PyTorch / minimem):
-        float32  NTM B=1 136 vs 415 (3.0x)   NTM B=16 239 vs 604 (2.5x)   DNC 305 vs 311 (1.0x)
-        float64  NTM B=1 151 vs 377 (2.5x)   NTM B=16 346 vs 565 (1.6x)   DNC 304 vs 327 (1.1x)
-    (a second run of these rows: 3.1x, 2.0x, 1.0x; 2.8x, 1.5x, 1.1x.)
-    After the speed work on the shared primitives (division-free O(N log N) allocation backward,
-    matmuls for einsums, single-write-head fast path, one sigmoid per gate block), two runs at a
-    load average of 4-7: PyTorch / minimem DNC 1.8x and 1.6x (float32), 1.6x and 1.5x (float64);
-    NTM 3.0-3.1x (B=1 f32), 2.5-2.6x (B=16 f32), 3.1-3.3x (B=1 f64), 1.8-2.4x (B=16 f64);
-    DNC manual vs autodiff 3.5x and 3.8x. Old and new code timed side by side: DNC 1.39-1.49x
-    faster, NTM 1.19-1.30x.
-    NTM step (T = 9, B = 1) at N = 2^k over N = 2^7 (30-62 ms): 2^10 1.3x, 2^12 2.9x, 2^14 10.0x,
-    2^15 27.3x, 2^16 36.9x (1.41 s, 156 ms per time step): per-op overhead dominates up to ~2^11,
-    then the time grows roughly linearly in N (2^13 -> 2^14 -> 2^15: 202 -> 390 -> 1010 ms).
+    nats per sequence), largest relative gradient difference 9.4e-12 (NTM) and 4.4e-16 (DNC).
+    After the issue-11 speed work, two runs: A = full run at a load average of 3.5, B = the engine
+    and PyTorch rows again at a load average of 2.8 (ms per training step from run B):
+    manual vs autodiff, float64: NTM B=1 4.4x / 3.5x (99 vs 348 ms), NTM B=16 3.5x / 2.7x (215 vs
+    582 ms), DNC 3.9x / 3.6x (108 vs 386 ms).
+    PyTorch / minimem manual, A / B:
+        float32  NTM B=1 3.3x / 3.3x (34 vs 112)   NTM B=16 2.5x / 2.1x (92 vs 196)
+                 DNC 1.6x / 1.6x (68 vs 110)
+        float64  NTM B=1 3.6x / 3.2x (50 vs 162)   NTM B=16 2.4x / 1.9x (116 vs 219)
+                 DNC 1.6x / 1.6x (106 vs 172)
+    The DNC misses the 2x target. A quarter of its step is per-call overhead (the same step at
+    N = 4, W = 4, B = 1 costs 26-30 ms of the 82-115 ms CPU time at full size); the rest is spread
+    over the primitives, each already a handful of whole-array NumPy calls: per time step the
+    memory backward costs ~1.4 ms (float32) of which allocation, write, link, retention and the two
+    content lookups take 0.2-0.3 ms each. Fresh-page faults of new large arrays cost about another
+    10% on this VM (glibc returns freed memory to the system; not something model code should tune).
+    Old and new code timed side by side in one process (alternating rounds, medians; outputs
+    identical, gradients equal to 2.2e-16 in float64): DNC 1.07-1.17x (float64) and 1.01-1.13x
+    (float32) faster over four runs, NTM B=1 1.00-1.07x, NTM B=16 1.01-1.14x (within the noise).
+    NTM step (T = 9, B = 1) at N = 2^k over N = 2^7 (30-34 ms), run A: 2^10 1.5x, 2^12 3.2x,
+    2^14 8.7x, 2^15 19.0x, 2^16 40.1x (1.32 s, 146 ms per time step): per-op overhead dominates up
+    to ~2^11, then the time grows roughly linearly in N (2^13 -> 2^14 -> 2^15: 164 -> 297 -> 602 ms).
 """
 
 from __future__ import annotations

@@ -106,3 +106,56 @@ def test_unported_options_are_refused():
         bench_dnc.torch_ntm(NTM(NTMConfig(X=2, Y=2, N=4, W=3, H=4, controller="feedforward")))
     with pytest.raises(ValueError, match="one controller layer"):
         bench_dnc.torch_dnc(DNC(DNCConfig(X=2, Y=2, N=4, W=3, R=1, H=4, layers=2)))
+
+
+# ----------------------------------------------------------------- the speed work (issue 11) computes the same numbers
+def test_link_backward_in_place_path_equals_the_copying_path_and_leaves_dout_alone():
+    """access_backward lets link_backward overwrite the upstream gradient (overwrite_dL=True); that
+    path must give exactly the default's results, and the default must not touch dL."""
+    from minimem.memory import linkage
+    rng = np.random.default_rng(0)
+    for lead in ((3,), (2, 2)):                                    # (B, N, N) and (B, H, N, N)
+        N = 5
+        w = rng.dirichlet(np.ones(N + 1), size=lead)[..., :N]
+        p = rng.dirichlet(np.ones(N + 1), size=lead)[..., :N]
+        L_prev = linkage._zero_diagonal(rng.uniform(0, 1 / N, lead + (N, N)))
+        L, cache = linkage.link_forward(L_prev, w, p)
+        dL = rng.standard_normal(L.shape)                          # nonzero diagonal on purpose
+        dL_before = dL.copy()
+        default = linkage.link_backward(dL, cache)
+        np.testing.assert_array_equal(dL, dL_before)
+        in_place = linkage.link_backward(dL.copy(), cache, overwrite_dL=True)
+        for a, b in zip(default, in_place):
+            np.testing.assert_array_equal(a, b)
+        assert np.all(np.diagonal(default[0], axis1=-2, axis2=-1) == 0)
+
+
+def test_zero_diagonal_on_a_strided_view_and_a_contiguous_array_agree():
+    from minimem.memory.linkage import _zero_diagonal
+    rng = np.random.default_rng(1)
+    base = rng.standard_normal((3, 4, 4))
+    strided = np.swapaxes(base.copy(), -1, -2)                    # not C-contiguous: the fallback path
+    contiguous = np.ascontiguousarray(np.swapaxes(base, -1, -2))
+    _zero_diagonal(strided), _zero_diagonal(contiguous)
+    np.testing.assert_array_equal(strided, contiguous)
+    expected = np.swapaxes(base, -1, -2) * (1 - np.eye(4))
+    np.testing.assert_array_equal(contiguous, expected)
+
+
+def test_ntm_head_outputs_squash_each_piece_exactly_as_its_own_formula():
+    """head_outputs_forward applies one sigmoid and one softplus to the block of scalar columns;
+    every piece must equal the per-piece map (spec A.3 step 2)."""
+    from minimem.memory import ntm_heads
+    from minimem.memory.ntm import NTMConfig
+    layout = NTMConfig(X=3, Y=2, N=6, W=4, H=5).layout
+    o = np.random.default_rng(2).standard_normal((3, layout.width)) * 4
+    heads, cache = ntm_heads.head_outputs_forward(o, layout)
+    addressing, _ = ntm_heads._split(o, layout)
+    W, S = layout.W, layout.S
+    beta_hat, g_hat, gamma_hat = addressing[..., W:W + 1], addressing[..., W + 1:W + 2], addressing[..., W + 2 + S:]
+    np.testing.assert_array_equal(heads.beta, np.logaddexp(0.0, beta_hat))
+    np.testing.assert_array_equal(heads.gamma, 1.0 + np.logaddexp(0.0, gamma_hat))
+    np.testing.assert_array_equal(heads.g, ntm_heads._sigmoid(g_hat))
+    np.testing.assert_array_equal(cache.sigmoid_beta, ntm_heads._sigmoid(beta_hat))
+    np.testing.assert_array_equal(cache.sigmoid_gamma, ntm_heads._sigmoid(gamma_hat))
+    np.testing.assert_allclose(heads.s.sum(axis=-1), 1.0, rtol=1e-12)

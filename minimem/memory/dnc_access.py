@@ -158,8 +158,10 @@ def access_backward(dstate: MemoryState, cache: AccessCache) -> tuple[MemoryStat
     dL_dir, dw_r_prev = directional_backward((df, db), cache.directional)          # 13.
     dL = _add_into(dL_dir, dL)
     dp_prev, dw_w_prec = precedence_backward(dp, cache.precedence)                 # 12.
-    backward_11 = sparse_link_backward if isinstance(cache.link, SparseLinkCache) else link_backward
-    dL_prev, dw_w_link, dp_prev_link = backward_11(dL, cache.link)                 # 11.
+    if isinstance(cache.link, SparseLinkCache):
+        dL_prev, dw_w_link, dp_prev_link = sparse_link_backward(dL, cache.link)    # 11. B.10.9
+    else:                                                                          # 11. (dL is ours)
+        dL_prev, dw_w_link, dp_prev_link = link_backward(dL, cache.link, overwrite_dL=True)
     dp_prev = dp_prev + dp_prev_link
     dM_prev, dw_w_write, de, dnu = write_backward(dM, cache.write)                 # 10.
     dw_w = dw_w + dw_w_prec + dw_w_link + dw_w_write[:, 0]

@@ -87,8 +87,12 @@ class LinkCache(NamedTuple):
 
 def _zero_diagonal(L: np.ndarray) -> np.ndarray:
     """Set L[..., i, i] = 0 in place (exactly 0, whatever was there) and return L."""
-    diagonal = np.arange(L.shape[-1])
-    L[..., diagonal, diagonal] = 0.0
+    N = L.shape[-1]
+    if L.flags.c_contiguous:                  # the diagonal is every (N + 1)-th entry of each flat matrix
+        L.reshape(L.shape[:-2] + (N * N,))[..., ::N + 1] = 0.0
+    else:
+        diagonal = np.arange(N)
+        L[..., diagonal, diagonal] = 0.0
     return L
 
 
@@ -121,21 +125,25 @@ def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray) -> tup
     return _zero_diagonal(L), LinkCache(L_prev, w_w, p_prev)
 
 
-def link_backward(dL: np.ndarray, cache: LinkCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def link_backward(dL: np.ndarray, cache: LinkCache,
+                  overwrite_dL: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Adjoint of the link update (spec B.4). Returns (dL_prev (B, N, N), dw_w (B, N), dp_prev (B, N)).
 
     With G = dL, its diagonal zeroed (the forward overwrote those entries):
         dL_prev[i,j] = (1 - w_i - w_j) G[i,j]
         dw_k = sum_j G[k,j] (p_{t-1}[j] - L_{t-1}[k,j]) - sum_i G[i,k] L_{t-1}[i,k]
         dp_{t-1}[j] = sum_i G[i,j] w_i
+    overwrite_dL=True lets the function zero dL's diagonal in place (for a caller that owns dL and
+    no longer needs it, as the DNC's BPTT does); by default dL is left untouched.
     """
     L_prev, w_w, p_prev = cache
-    G = _zero_diagonal(np.array(dL, copy=True))                   # (B, N, N); never mutate dout
-    dL_prev = (1.0 - w_w[..., :, None] - w_w[..., None, :]) * G
-    G_L = G * L_prev                                               # (B, N, N)
-    dw_w = G @ p_prev[..., :, None]                                # (B, N, 1): sum_j G[k,j] p[j]
-    dw_w = dw_w[..., 0] - np.sum(G_L, axis=-1) - np.sum(G_L, axis=-2)   # (B, N) row and column terms
+    G = _zero_diagonal(dL if overwrite_dL else np.array(dL, copy=True))     # (B, N, N)
+    w_i, w_j = w_w[..., :, None], w_w[..., None, :]                # (B, N, 1), (B, 1, N)
+    dw_w = ((G @ p_prev[..., :, None])[..., 0]                     # (B, N): sum_j G[k,j] p[j]
+            - np.einsum("...kj,...kj->...k", G, L_prev)            # - sum_j G[k,j] L[k,j] (rows)
+            - np.einsum("...ik,...ik->...k", G, L_prev))           # - sum_i G[i,k] L[i,k] (columns)
     dp_prev = (w_w[..., None, :] @ G)[..., 0, :]                   # (B, N): sum_i w_i G[i,j]
+    dL_prev = (1.0 - w_i - w_j) * G                                # (B, N, N)
     return dL_prev, dw_w, dp_prev
 
 
@@ -193,8 +201,10 @@ def directional_backward(dout: tuple[np.ndarray, np.ndarray],
     """
     df, db = dout
     L, w_r_prev = cache
-    w_T = np.swapaxes(w_r_prev, -1, -2)                             # (B, N, R)
-    dL = np.swapaxes(df, -1, -2) @ w_r_prev + w_T @ db              # (B, N, N), summed over heads
+    # dL = df^T w + w^T db as one product over the 2R stacked heads (one (B, N, N) array, not three)
+    left = np.concatenate([df, w_r_prev], axis=1)                   # (B, 2R, N)
+    right = np.concatenate([w_r_prev, db], axis=1)                  # (B, 2R, N)
+    dL = np.swapaxes(left, -1, -2) @ right                          # (B, N, N), summed over heads
     dw_r_prev = df @ L + db @ np.swapaxes(L, -1, -2)                # (B, R, N)
     return dL, dw_r_prev
 

@@ -426,7 +426,10 @@ def ntm_backward(dys: np.ndarray, cache: NTMCache, dstate: NTMState | None = Non
     for t in reversed(range(T)):
         dstate, step_grads = ntm_step_backward(dys[t], dstate, steps[t], config)
         for name, value in step_grads.items():          # the weights are shared by every step
-            total[name] = total[name] + value if name in total else value
+            if name in total:
+                total[name] += value                    # in place into the copy made at t = T - 1
+            else:
+                total[name] = np.array(value, copy=True)
     grads = {name: value for name, value in total.items() if not name.startswith("heads.")}
     for name, columns in config.layout.head_columns():   # split [read0.W | ... | write0.W | ...]
         grads[f"{name}.W"] = np.ascontiguousarray(total["heads.W"][:, columns])

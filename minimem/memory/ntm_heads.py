@@ -186,14 +186,19 @@ def head_outputs_forward(o: np.ndarray, layout: HeadLayout) -> tuple[HeadOutputs
     W, S = layout.W, layout.S
     addressing, erase_add = _split(o, layout)                        # (B, Rh, W + S + 3), (B, Rw, 2W)
     k, key = activation_forward(addressing[..., :W], layout.key_squash)          # (B, Rh, W)
-    beta_hat = addressing[..., W:W + 1]                              # (B, Rh, 1)
-    g = _sigmoid(addressing[..., W + 1:W + 2])                       # (B, Rh, 1)
-    s = _softmax(addressing[..., W + 2:W + 2 + S])                   # (B, Rh, S)
-    gamma_hat = addressing[..., W + 2 + S:]                          # (B, Rh, 1)
+    # The columns after the key are (beta_hat, g_hat, s_hat (S), gamma_hat). Sigmoid and softplus act
+    # elementwise, so each is applied once to that whole block and the pieces are cut from it (every
+    # used entry gets exactly its per-piece value; the s_hat columns of both are not used).
+    scalars = addressing[..., W:]                                    # (B, Rh, S + 3)
+    sigmoid_block, softplus_block = _sigmoid(scalars), _softplus(scalars)
+    g = sigmoid_block[..., 1:2]                                      # (B, Rh, 1)
+    s = _softmax(scalars[..., 2:2 + S])                              # (B, Rh, S)
     e = _sigmoid(erase_add[..., :W])                                 # (B, Rw, W)
     a, add = activation_forward(erase_add[..., W:], layout.add_squash)           # (B, Rw, W)
-    heads = HeadOutputs(k, _softplus(beta_hat), g, s, 1.0 + _softplus(gamma_hat), e, a)
-    return heads, HeadOutputsCache(layout, heads, key, add, _sigmoid(beta_hat), _sigmoid(gamma_hat))
+    beta, gamma = softplus_block[..., :1], 1.0 + softplus_block[..., -1:]        # (B, Rh, 1) each
+    heads = HeadOutputs(k, beta, g, s, gamma, e, a)
+    # softplus' = sigmoid: the derivatives of beta and gamma w.r.t. beta_hat and gamma_hat
+    return heads, HeadOutputsCache(layout, heads, key, add, sigmoid_block[..., :1], sigmoid_block[..., -1:])
 
 
 def head_outputs_backward(dheads: HeadOutputs, cache: HeadOutputsCache) -> np.ndarray:
