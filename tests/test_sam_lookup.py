@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gradcheck.cases.sam import random_state
-from minimem.memory import sam_index
+from minimem.memory import sam_index, sam_lra
 from minimem.memory.sam import SAM, SAMConfig, SAMLookup
 from minimem.memory.sam_index import ExactIndex, KDTreeIndex, LSHIndex, band_candidates, row_norms
 from minimem.memory.sam_lra import LRAOrder
@@ -80,9 +80,13 @@ def test_lra_order_rejects_bad_input():
         LRAOrder(np.zeros((1, 3), np.int64), 0).head(np.zeros((1, 4), np.int64))
 
 
-def test_model_lra_choices_equal_the_argmin_over_a_long_sequence():
+@pytest.mark.parametrize("queue", [True, False])
+def test_model_lra_choices_equal_the_argmin_over_a_long_sequence(queue, monkeypatch):
     """The model's recorded LRA slots equal argmin_j last(j) rebuilt by hand from every step's
-    accesses (large T, a state with tied times, B = 3, a delta that skips some accesses)."""
+    accesses (large T, a state with tied times, B = 3, a delta that skips some accesses); with the
+    LRAOrder queue forced (queue=True; at N = 12 the model would take the argmin) and without."""
+    if queue:
+        monkeypatch.setattr(sam_lra, "ARGMIN_MAX_N", 0)
     config = SAMConfig(X=3, Y=2, N=12, W=4, R=2, K=3, H=6, delta=0.05)
     model = SAM(config, np.random.default_rng(0))
     rng = np.random.default_rng(1)

@@ -358,3 +358,19 @@ def test_bad_index_sets_and_buffers_raise_value_error():
                              np.array([0]), np.ones((1, 2)), np.ones((1, 1)), np.ones((1, 1)))
     with pytest.raises(ValueError, match="shape"):
         read_weights_csr(np.zeros((2, 2), int), np.zeros((2, 2)), 4)
+
+
+@pytest.mark.parametrize("add_at_max_rows", [0, 1 << 15])
+def test_add_rows_equals_np_add_at_bit_for_bit_with_repeated_rows(add_at_max_rows, monkeypatch):
+    """_add_rows adds like np.add.at (a repeated row gets its values in order), through the layered
+    fancy `+=` (add_at_max_rows = 0) and through np.add.at on a small buffer."""
+    from minimem.memory import sam_sparse
+    monkeypatch.setattr(sam_sparse, "ADD_AT_MAX_ROWS", add_at_max_rows)
+    rng = np.random.default_rng(3)
+    target = rng.standard_normal((12, 3))
+    rows = np.array([5, 1, 5, 7, 1, 5, 0, 11])                      # 5 three times, 1 twice
+    values = rng.standard_normal((rows.size, 3)) * 10.0 ** rng.integers(-8, 8, size=(rows.size, 1))
+    expected = target.copy()
+    np.add.at(expected, rows, values)
+    sam_sparse._add_rows(target, rows, values)
+    np.testing.assert_array_equal(target, expected)

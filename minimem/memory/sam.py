@@ -57,7 +57,7 @@ from minimem import autodiff as ad
 from minimem.memory.addressing import content_autodiff, cosine_similarity_forward
 from minimem.memory.sam_dense import DenseAccessCache, dense_access_backward, dense_access_forward
 from minimem.memory.sam_index import ExactIndex, make_index
-from minimem.memory.sam_lra import LRAOrder
+from minimem.memory.sam_lra import ArgminOrder, LRAOrder, lra_order
 from minimem.memory.sam_interface import (
     SAMInterface, interface_autodiff, interface_backward, interface_forward,
 )
@@ -133,7 +133,8 @@ class SAMLookup:
 
         index   which K slots each query reads: minimem.memory.sam_index (ExactIndex with its row-norm
                 cache, or the k-d tree / LSH snapshot with its dirty set)
-        lra     the LRA order (minimem.memory.sam_lra.LRAOrder); None with DAM's discounted usage
+        lra     the LRA order (minimem.memory.sam_lra.lra_order: the LRAOrder queue, or an argmin at
+                N <= ARGMIN_MAX_N); None with DAM's discounted usage
 
     Building one costs O(N W) (exact) to O(N W log N) (an approximate index) - far more than a step.
     SAM.forward builds one from its starting state unless it is given `lookup=`, and returns the
@@ -144,7 +145,7 @@ class SAMLookup:
     cannot see a memory edited by hand - give such a state no lookup.
     """
 
-    def __init__(self, index, lra: LRAOrder | None, t: int, shape: tuple[int, int, int]):
+    def __init__(self, index, lra: LRAOrder | ArgminOrder | None, t: int, shape: tuple[int, int, int]):
         self.index, self.lra, self.t, self.shape = index, lra, int(t), tuple(shape)
 
     @classmethod
@@ -156,7 +157,7 @@ class SAMLookup:
             index = make_index(config.index, M, eps=config.index_eps, tables=config.lsh_tables,
                                bits=config.lsh_bits, rebuild_after=config.index_rebuild_after,
                                seed=config.index_seed)
-        order = LRAOrder(last, t) if config.discount_or_none is None else None
+        order = lra_order(last, t) if config.discount_or_none is None else None
         return cls(index, order, t, M.shape)
 
     def fork(self) -> "SAMLookup":

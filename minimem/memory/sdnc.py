@@ -64,7 +64,7 @@ from minimem.memory.sam_interface import interface_autodiff as sam_interface_aut
 from minimem.memory.sam_interface import interface_backward as sam_interface_backward
 from minimem.memory.sam_interface import interface_forward as sam_interface_forward
 from minimem.memory.sam_interface import interface_size as sam_interface_size, WRITE_SQUASHES
-from minimem.memory.sam_lra import LRAOrder
+from minimem.memory.sam_lra import lra_order
 from minimem.memory.sam_sparse import (
     INDEX_DTYPE, WriteRecord, check_K, lra_slots, sparse_write_backward, sparse_write_forward,
     sparse_write_replay, sparse_write_revert, top_k_slots, usage_update, write_weights_csr,
@@ -463,7 +463,7 @@ def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | Non
     last = np.array(state.last, copy=True)
     index, weight, r, h, c = state.read_index, state.read_weight, state.r, state.h, state.c
     Nl, Pl, p = state.Nl, state.Pl, state.p
-    order = LRAOrder(last, state.t) if frozen is None else None
+    order = lra_order(last, state.t) if frozen is None else None
     ys = np.empty((T, B, config.Y), dtype=config.dtype)
     steps = []
     rec = {"read_index": np.empty((T, B, R, K), INDEX_DTYPE), "lra": np.empty((T, B), INDEX_DTYPE),

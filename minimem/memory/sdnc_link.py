@@ -27,12 +27,16 @@ so that f_kept = links_f @ weights and d weights = links_f^T df. temporal_select
 they are also what a gradient check freezes (the links of the unperturbed pass).
 
 Cost: link_update rebuilds the three matrices from COO triplets (old entries with their decay plus
-the new outer-product entries), and temporal_select forms f and b with scipy.sparse products: both
-O(nnz(Nl) + nnz(Pl)) <= O(B N K_L) work plus O(B N) index bookkeeping (indptr arrays) per step - not
-the paper's O(K_L^2), which needs the touched rows and columns updated in place and column access
-to Nl and Pl kept incrementally. (The exact top-K content read is O(N W) per query anyway, as in
-SAM's "linear" variant.) The recorded blocks are O(R K_L Kp) per step, independent of N. Note that only rows are bounded: a column of Nl (or Pl) can hold more than
-K_L entries, since nothing in eqs. [17-20] or D.3 limits how many rows point to one slot.
+the new outer-product entries): one stable sort of the triplet keys (the old entries arrive as one
+sorted run), a per-row cut only for the rows holding more than K_L entries, O(nnz(Nl) + nnz(Pl))
+<= O(B N K_L) work. temporal_select forms f and b of all heads as one CSR-times-dense product with
+the previous weightings laid out as a (B N, R) array, then picks the K_L largest of each (B, R, N)
+row: O(nnz R + B N R). Both add O(B N) index bookkeeping (indptr arrays) per step - not the paper's
+O(K_L^2), which needs the touched rows and columns updated in place and column access to Nl and Pl
+kept incrementally. (The exact top-K content read is O(N W) per query anyway, as in SAM's "linear"
+variant.) The recorded blocks are O(R K_L Kp) per step, independent of N. Note that only rows are
+bounded: a column of Nl (or Pl) can hold more than K_L entries, since nothing in eqs. [17-20] or D.3
+limits how many rows point to one slot.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-INDEX_DTYPE = np.int64
+from minimem.memory.sam_sparse import INDEX_DTYPE, _csr, _unique_inverse, top_k_slots
 
 
 def check_K_L(K_L, N: int) -> int:
@@ -71,35 +75,50 @@ def empty_links(B: int, N: int, dtype=np.float64) -> tuple[sp.csr_matrix, sp.csr
             _canonical(sp.csr_matrix((B, B * N), dtype=dtype)))
 
 
-def _row_top(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int) -> np.ndarray:
-    """Boolean mask of the triplets that are among the k largest of their row (ties to the lower
-    column). The triplets must be unique (row, col) pairs."""
-    order = np.lexsort((cols, -vals, rows))                            # by row, then value down, then column
-    sorted_rows = rows[order]
-    first = np.searchsorted(sorted_rows, sorted_rows, side="left")     # where each row's run starts
-    rank = np.empty(rows.size, dtype=INDEX_DTYPE)
-    rank[order] = np.arange(rows.size) - first                         # 0 = the row's largest entry
-    return rank < k
+def _row_top(vals: np.ndarray, indptr: np.ndarray, k: int) -> np.ndarray:
+    """Boolean mask of the entries of a canonical CSR (vals, indptr; every row's columns ascending)
+    that are among the k largest of their row, ties to the lower column.
+
+    Only the rows with more than k entries need a choice. Their entries go into a padded (rows,
+    width) array of -value (+inf in the padding); one stable sort per row puts them value down and,
+    among equal values, in column order; the entries it ranks k or later are dropped (the padding
+    sorts last and is skipped)."""
+    keep = np.ones(vals.size, dtype=bool)
+    count = np.diff(indptr)
+    full = np.flatnonzero(count > k)                                   # the rows to cut
+    if full.size == 0:
+        return keep
+    start, n = indptr[full][:, None], count[full][:, None]             # (rows, 1) each
+    slot = np.arange(int(n.max()))
+    valid = slot < n                                                   # (rows, width)
+    key = np.where(valid, -vals[np.where(valid, start + slot, 0)], np.inf)
+    cut = np.argsort(key, axis=1, kind="stable")[:, k:]                # places ranked k or later
+    keep[(start + cut)[cut < n]] = False
+    return keep
 
 
 def _build(rows, cols, vals, shape: tuple, k: int, drop_diagonal: bool = False) -> sp.csr_matrix:
     """A canonical CSR from COO triplets: duplicates summed, the diagonal dropped (if asked), explicit
-    zeros dropped, then the k largest entries of every row kept (ties to the lower column)."""
-    rows, cols = np.asarray(rows, INDEX_DTYPE), np.asarray(cols, INDEX_DTYPE)
-    key, where = np.unique(rows * shape[1] + cols, return_inverse=True)     # sorted by (row, col)
-    vals = np.bincount(where.reshape(-1), weights=vals, minlength=key.size).astype(np.asarray(vals).dtype)
+    zeros dropped, then the k largest entries of every row kept (ties to the lower column).
+
+    The triplets are ordered by one stable sort of the key row * columns + col (runs that arrive
+    sorted, like a matrix's old entries, cost a stable sort little); duplicates are summed in their
+    input order."""
+    rows, cols, vals = np.asarray(rows, INDEX_DTYPE), np.asarray(cols, INDEX_DTYPE), np.asarray(vals)
+    key, where = _unique_inverse(rows * shape[1] + cols)                  # sorted by (row, col)
+    vals = np.bincount(where, weights=vals, minlength=key.size).astype(vals.dtype)
     rows, cols = np.divmod(key, shape[1])
     keep = vals != 0
     if drop_diagonal:
         keep &= rows != cols
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    keep = _row_top(rows, cols, vals, k)
-    rows, cols, vals = rows[keep], cols[keep], vals[keep]
-    indptr = np.searchsorted(rows, np.arange(shape[0] + 1)).astype(INDEX_DTYPE)
-    A = sp.csr_matrix((vals, cols, indptr), shape=shape)
-    A.indices, A.indptr = cols, indptr                                 # keep int64 (scipy may downcast)
-    A.has_sorted_indices = True
-    return A
+    indptr = np.zeros(shape[0] + 1, dtype=INDEX_DTYPE)
+    np.cumsum(np.bincount(rows, minlength=shape[0]), out=indptr[1:])
+    keep = _row_top(vals, indptr, k)
+    if not keep.all():
+        cols, vals = cols[keep], vals[keep]
+        np.cumsum(np.minimum(np.diff(indptr), k), out=indptr[1:])
+    return _csr(vals, cols, indptr, shape, canonical=True)
 
 
 def keep_row_largest(A, k: int) -> sp.csr_matrix:
@@ -149,7 +168,7 @@ def link_update(Nl: sp.csr_matrix, Pl: sp.csr_matrix, p: sp.csr_matrix, Ww: sp.c
     Nl_new = _build(np.concatenate([i, ni]), np.concatenate([j, nj]), np.concatenate([(1.0 - w[i]) * v, nv]),
                     Nl.shape, K_L, zero_diagonal)                      # [17-18]
     i, j, v = _coo(Pl)
-    pj, pi, pv = _outer(Ww, p)                                         # p(i) wW(j): the same products
+    pj, pi, pv = ni, nj, nv                                            # p(i) wW(j): the same products
     Pl_new = _build(np.concatenate([i, pi]), np.concatenate([j, pj]), np.concatenate([(1.0 - w[j]) * v, pv]),
                     Pl.shape, K_L, zero_diagonal)                      # [19-20]
     written = np.asarray(Ww.sum(axis=1)).reshape(-1)                   # (B,) sum_i wW_t(i)
@@ -205,37 +224,29 @@ def _pairs_csr(index: np.ndarray, weight: np.ndarray, N: int) -> sp.csr_matrix:
     return sp.csr_matrix((weight.reshape(-1), (rows, cols)), shape=(B * R, B * N))
 
 
-def _select(F: sp.csr_matrix, B: int, R: int, N: int, K_L: int) -> np.ndarray:
-    """(B, R, K_L) slots of the K_L largest entries of every row of F (B R, B N), ascending, ties to
-    the lower slot. A row with fewer than K_L positive entries is filled with its lowest-indexed zero
-    slots, exactly as the dense rule on all N entries would choose."""
-    F = keep_row_largest(F, K_L)                                       # positive entries, <= K_L per row
-    rows = np.repeat(np.arange(B * R), np.diff(F.indptr))
-    local = F.indices - N * (rows // R)                                # slot within the element
-    count = np.diff(F.indptr)                                          # (B R,) positives kept
-    taken = np.zeros((B * R, K_L), dtype=bool)                         # which of slots 0..K_L-1 are taken
-    low = local < K_L
-    taken[rows[low], local[low]] = True
-    free = ~taken
-    fill = free & (np.cumsum(free, axis=1) <= (K_L - count)[:, None])  # the K_L - count lowest free slots
-    fill_rows, fill_slots = np.nonzero(fill)
-    all_rows = np.concatenate([rows, fill_rows])
-    all_slots = np.concatenate([local, fill_slots])
-    order = np.lexsort((all_slots, all_rows))                          # by row, slots ascending
-    return all_slots[order].reshape(B, R, K_L).astype(INDEX_DTYPE)
-
-
 def _gather(A: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """A[rows, cols] elementwise for equal-shaped integer arrays (0 where A has no entry)."""
-    if rows.size == 0:
+    """A[rows, cols] elementwise for equal-shaped integer arrays (0 where A has no entry), by binary
+    search of the keys row * columns + col, which a canonical CSR stores ascending."""
+    if A.nnz == 0:
         return np.zeros(rows.shape, dtype=A.dtype)
-    return np.asarray(A[rows.reshape(-1), cols.reshape(-1)]).reshape(rows.shape)
+    if not A.has_canonical_format:
+        A = A.copy()
+        A.sum_duplicates()
+    stored = _coo(A)[0] * A.shape[1] + A.indices                       # (nnz,) ascending
+    wanted = rows * A.shape[1] + cols
+    at = np.minimum(np.searchsorted(stored, wanted), A.nnz - 1)
+    return np.where(stored[at] == wanted, A.data[at], 0).astype(A.dtype, copy=False)
 
 
 def temporal_select(Nl: sp.csr_matrix, Pl: sp.csr_matrix, prev_index: np.ndarray, prev_weight: np.ndarray,
                     K_L: int) -> TemporalRecord:
     """Step 9, eqs. [21-22]: which K_L entries of f^i = Nl wR^i_{t-1} and b^i = Pl wR^i_{t-1} are kept,
     and the link values that make them (D.10.2: the K_L largest, ties to the lower slot).
+
+    The previous read weightings go into a (B N, R) array (column i holds every element's wR^i_{t-1}
+    at its rows b N + slot, duplicated pairs summed); as the links are block diagonal, links @ that
+    array is f (or b) of every head at once, at rows b N + j. The choice is then top_k_slots on the
+    (B, R, N) result: the K_L largest entries, ties (zeros included) to the lower slot.
 
     Args:
         Nl, Pl: (B N, B N) CSR links of step t. prev_index (B, R, Kp) int and prev_weight (B, R, Kp):
@@ -245,14 +256,15 @@ def temporal_select(Nl: sp.csr_matrix, Pl: sp.csr_matrix, prev_index: np.ndarray
     """
     B, R, Kp = prev_index.shape
     N = Nl.shape[0] // B
-    Wprev = _pairs_csr(prev_index, prev_weight, N)                     # (B R, B N)
-    offsets = N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None, None]
+    offsets = N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None]
+    columns = np.zeros((B * N, R), dtype=np.result_type(prev_weight, Nl.dtype))
+    np.add.at(columns, (prev_index + offsets, np.arange(R)[None, :, None]), prev_weight)
     out = []
     for links in (Nl, Pl):
-        F = Wprev @ links.T                                            # (B R, B N): row b R + i is f^i (or b^i)
-        index = _select(F, B, R, N, K_L)                               # (B, R, K_L)
-        rows = np.broadcast_to((index[..., None] + offsets), (B, R, K_L, Kp))
-        cols = np.broadcast_to((prev_index[:, :, None, :] + offsets), (B, R, K_L, Kp))
+        F = (links @ columns).reshape(B, N, R).transpose(0, 2, 1)      # (B, R, N) f^i (or b^i)
+        index = top_k_slots(F, K_L)                                    # (B, R, K_L) ascending
+        rows = np.broadcast_to((index + offsets)[..., None], (B, R, K_L, Kp))
+        cols = np.broadcast_to((prev_index + offsets)[:, :, None, :], (B, R, K_L, Kp))
         out += [index, _gather(links, rows, cols)]
     return TemporalRecord(out[0], out[1], out[2], out[3])
 
