@@ -219,9 +219,17 @@ def format_table(rows: list[dict]) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['benchmark']} | {r['baseline']} | {_fmt(r['baseline_s'])} | {r['candidate']} | "
-                     f"{_fmt(r['candidate_s'])} | {r['candidate_s'] / r['baseline_s']:.1f}x | "
+                     f"{_fmt(r['candidate_s'])} | {format_ratio(r['candidate_s'] / r['baseline_s'])} | "
                      f"{format_bytes(r.get('baseline_bytes'))} | {format_bytes(r.get('candidate_bytes'))} |")
     return "\n".join(lines)
+
+
+def format_ratio(ratio: float) -> str:
+    """candidate / baseline as "3.2x"; below 1 (the candidate is the faster one) it also reads the
+    other way round, "0.15x (6.8x faster)", so a speed-up is never a number to invert in one's head."""
+    if ratio >= 0.95:
+        return f"{ratio:.1f}x"
+    return f"{ratio:.2f}x ({1.0 / ratio:.1f}x faster)"
 
 
 def format_bytes(n: float | None) -> str:

@@ -15,6 +15,12 @@ def test_format_table_reports_candidate_over_baseline():
     assert "| x | a | 2.0 ms | b | 5.0 ms | 2.5x |" in bench.format_table(rows)
 
 
+def test_format_table_reads_a_faster_candidate_both_ways():
+    rows = [{"benchmark": "x", "baseline": "a", "baseline_s": 1.0, "candidate": "b", "candidate_s": 0.125}]
+    assert "| 0.12x (8.0x faster) |" in bench.format_table(rows)
+    assert bench.format_ratio(1.0) == "1.0x" and bench.format_ratio(2.46) == "2.5x"
+
+
 def test_format_table_prints_both_sides_memory_or_a_dash():
     rows = [{"benchmark": "x", "baseline": "a", "baseline_s": 2e-3, "candidate": "b", "candidate_s": 5e-3,
              "baseline_bytes": 1500, "candidate_bytes": 2_500_000},
