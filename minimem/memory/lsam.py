@@ -41,8 +41,8 @@ import numpy as np
 from minimem import autodiff as ad
 from minimem import init
 from minimem.memory.nam import (
-    NAMReadCache, NAMWriteCache, nam_read_autodiff, nam_read_backward, nam_read_forward,
-    nam_write_autodiff, nam_write_backward, nam_write_forward,
+    NAMReadCache, NAMWriteCache, _read_forward, _write_forward, _write_read_backward,
+    nam_read_autodiff, nam_write_autodiff,
 )
 from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
@@ -109,12 +109,27 @@ def lsam_step_forward(x: np.ndarray, h_prev: np.ndarray, M_prev: np.ndarray, par
     if M_prev.shape != (B, H, d, d):
         raise ValueError(f"M_prev must have shape (B, H, d, d) = {(B, H, d, d)}; got {M_prev.shape}")
     z = np.concatenate([x, h_prev], axis=1)                          # (B, X + D)   (LSAM-1)
-    qkv = z @ params["W_qkv"] + params["b_qkv"]                      # (B, 3D)      (LSAM-2)
-    q, k, v = (qkv[:, i * D:(i + 1) * D].reshape(B, H, d) for i in range(3))   # (B, H, d) each
-    w = _sigmoid(z @ params["W_w"] + params["b_w"])                  # (B, H)       (LSAM-4)
-    M, write_cache = nam_write_forward(M_prev, k, v, w, w)           # (B, H, d, d) (LSAM-3, 5, 6)
-    r = _sigmoid(z @ params["W_r"] + params["b_r"])                  # (B, H)       (LSAM-7)
-    h_heads, read_cache = nam_read_forward(M, q, r)                  # (B, H, d)    (LSAM-3, 8)
+    W, b = _fused_weights(params)
+    return _step_forward(z, z @ W + b, M_prev, params)
+
+
+def _fused_weights(params: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """[W_qkv | W_w | W_r] (X + D, 3D + 2H) and [b_qkv | b_w | b_r] (3D + 2H,): one matmul gives
+    every projection of a step, columns q | k | v | write gate | read gate."""
+    return (np.concatenate([params["W_qkv"], params["W_w"], params["W_r"]], axis=1),
+            np.concatenate([params["b_qkv"], params["b_w"], params["b_r"]]))
+
+
+def _step_forward(z: np.ndarray, a: np.ndarray, M_prev: np.ndarray, params: Mapping[str, np.ndarray]):
+    """(LSAM-2)-(LSAM-8) from z (B, X + D) and its fused projection a = z W + b (B, 3D + 2H)."""
+    B, H = z.shape[0], params["b_w"].shape[0]
+    D = params["b_qkv"].shape[0] // 3
+    d = D // H
+    q, k, v = (a[:, i * D:(i + 1) * D].reshape(B, H, d) for i in range(3))   # (B, H, d) each (LSAM-2)
+    gates = _sigmoid(a[:, 3 * D:])                                   # (B, 2H)      (LSAM-4), (LSAM-7)
+    w, r = gates[:, :H], gates[:, H:]                                # (B, H) each
+    M, write_cache = _write_forward(M_prev, k, v, w, w)              # (B, H, d, d) (LSAM-3, 5, 6)
+    h_heads, read_cache = _read_forward(M, q, r)                     # (B, H, d)    (LSAM-3, 8)
     h = h_heads.reshape(B, D)                                        # (B, D)
     return (h, M), LSAMStepCache(z, w, r, write_cache, read_cache, params)
 
@@ -125,20 +140,29 @@ def lsam_step_backward(dh: np.ndarray, dM: np.ndarray, cache: LSAMStepCache):
 
     Returns (dx (B, X), dh_prev (B, D), dM_prev (B, H, d, d), {cell parameter gradients}).
     """
-    z, w, r, write_cache, read_cache, params = cache
-    B, H = w.shape
+    z, params = cache.z, cache.params
+    B, H = cache.w.shape
     D = params["b_qkv"].shape[0] // 3
     X = z.shape[1] - D
-    dM_t, dq, dr = nam_read_backward(dh.reshape(B, H, D // H), read_cache)   # 8. h_t = RD(M_t, q, r)
-    dM_t = dM_t + dM                                                 # M_t feeds h_t and M_{t+1}
-    da_r = dr * r * (1.0 - r)                                        # 7. (B, H)
-    dM_prev, dk, dv, dp_w, dp_e = nam_write_backward(dM_t, write_cache)      # 6.-5.
-    da_w = (dp_w + dp_e) * w * (1.0 - w)                             # 4. w is both probabilities
-    dqkv = np.concatenate([dq.reshape(B, D), dk.reshape(B, D), dv.reshape(B, D)], axis=1)  # 3.-2. (B, 3D)
-    dz = dqkv @ params["W_qkv"].T + da_w @ params["W_w"].T + da_r @ params["W_r"].T       # (B, X + D)
-    grads = {"W_qkv": z.T @ dqkv, "b_qkv": dqkv.sum(axis=0), "W_w": z.T @ da_w, "b_w": da_w.sum(axis=0),
-             "W_r": z.T @ da_r, "b_r": da_r.sum(axis=0)}
-    return dz[:, :X], dz[:, X:], dM_prev, grads                      # 1.
+    da, dM_prev = _step_backward(dh, dM, cache, np.empty((B, 3 * D + 2 * H), dtype=np.result_type(dh, dM, z)))
+    dz = da @ _fused_weights(params)[0].T                            # (B, X + D)
+    return dz[:, :X], dz[:, X:], dM_prev, _split_grads(z.T @ da, da.sum(axis=0), D, H)   # 1.
+
+
+def _step_backward(dh: np.ndarray, dM: np.ndarray, cache: LSAMStepCache, out: np.ndarray):
+    """Adjoint of _step_forward: writes da, the gradient w.r.t. the fused projection a = z W + b,
+    into out (B, 3D + 2H) and returns (out, dM_prev (B, H, d, d)). dM is not modified."""
+    w, r = cache.w, cache.r
+    B, H = w.shape
+    D = (out.shape[1] - 2 * H) // 3
+    dM_prev, dk, dv, dp_w, dp_e, dq, dr = _write_read_backward(        # 8., 6.-5.: M_t feeds h_t and M_{t+1}
+        dh.reshape(B, H, D // H), dM, cache.write, cache.read)
+    out[:, :D] = dq.reshape(B, D)                                    # 3.-2.
+    out[:, D:2 * D] = dk.reshape(B, D)
+    out[:, 2 * D:3 * D] = dv.reshape(B, D)
+    out[:, 3 * D:3 * D + H] = (dp_w + dp_e) * w * (1.0 - w)          # 4. w is both probabilities
+    out[:, 3 * D + H:] = dr * r * (1.0 - r)                          # 7.
+    return out, dM_prev
 
 
 # ----------------------------------------------------------------- a sequence
@@ -146,6 +170,18 @@ class LSAMCache(NamedTuple):
     params: Mapping[str, np.ndarray]   # the cell parameters (shared by every step)
     xs: np.ndarray                     # (T, B, X) inputs
     steps: list                        # T LSAMStepCache
+    Z: np.ndarray | None = None        # (T, B, X + D) every step's z_t = [x_t ; h_{t-1}], stacked
+    W: np.ndarray | None = None        # (X + D, 3D + 2H) the fused weight of _fused_weights
+
+
+def _split_grads(dW: np.ndarray, db: np.ndarray, D: int, H: int) -> dict:
+    """{cell parameter: gradient} from the gradients of the fused weight and bias."""
+    cols = {"qkv": slice(0, 3 * D), "w": slice(3 * D, 3 * D + H), "r": slice(3 * D + H, 3 * D + 2 * H)}
+    grads = {}
+    for name, c in cols.items():
+        grads[f"W_{name}"] = np.ascontiguousarray(dW[:, c])
+        grads[f"b_{name}"] = db[c].copy()
+    return {name: grads[name] for name in CELL_PARAM_NAMES}
 
 
 def _check_shapes(xs, h0, M0, params) -> tuple[int, int, int, int]:
@@ -175,6 +211,9 @@ def lsam_forward(xs: np.ndarray, params: Mapping[str, np.ndarray], h0: np.ndarra
     Returns:
         (hs, M_T): hs (T, B, D) the states h_1..h_T and M_T (B, H, d, d) the final memory, and the
         cache for lsam_backward.
+
+    The step's projections are one product with [W_qkv | W_w | W_r] (_fused_weights); lsam_backward
+    forms the weight gradients as one product over all T B rows (cache.Z stacks every z_t).
     """
     xs = as_float_array("xs", xs)
     h0 = None if h0 is None else as_float_array("h0", h0)
@@ -183,13 +222,16 @@ def lsam_forward(xs: np.ndarray, params: Mapping[str, np.ndarray], h0: np.ndarra
     dtype = np.result_type(xs, *params.values())
     h = np.zeros((B, D), dtype=dtype) if h0 is None else h0
     M = np.zeros((B, H, d, d), dtype=dtype) if M0 is None else M0
-    hs = np.empty((xs.shape[0],) + h.shape, dtype=np.result_type(h, M))
+    T, X = xs.shape[0], xs.shape[2]
+    hs = np.empty((T,) + h.shape, dtype=np.result_type(h, M))
+    W, b = _fused_weights(params)
     steps = []
-    for t in range(xs.shape[0]):
-        (h, M), step = lsam_step_forward(xs[t], h, M, params)
+    for t in range(T):
+        z = np.concatenate([xs[t], h], axis=1)                       # (B, X + D)   (LSAM-1)
+        (h, M), step = _step_forward(z, z @ W + b, M, params)        # a_t = z_t W + b, split in the step
         hs[t] = h
         steps.append(step)
-    return (hs, M), LSAMCache(params, xs, steps)
+    return (hs, M), LSAMCache(params, xs, steps, np.stack([step.z for step in steps]), W)
 
 
 def lsam_backward(dhs: np.ndarray, dM_T: np.ndarray | None, cache: LSAMCache):
@@ -207,13 +249,17 @@ def lsam_backward(dhs: np.ndarray, dM_T: np.ndarray | None, cache: LSAMCache):
     dM_carry = np.zeros((B, H, d, d), dtype=dhs.dtype) if dM_T is None else np.asarray(dM_T)
     if dM_carry.shape != (B, H, d, d):
         raise ValueError(f"dM_T must have the shape of M_T (B, H, d, d) = {(B, H, d, d)}; got {dM_carry.shape}")
-    grads = {name: np.zeros_like(p) for name, p in cache.params.items()}
-    dxs = np.empty_like(cache.xs)                                    # (T, B, X)
+    Z, W = cache.Z, cache.W
+    dA = np.empty(Z.shape[:2] + (W.shape[1],), dtype=np.result_type(dhs, dM_carry, Z))   # (T, B, 3D + 2H)
+    W_hT = W[X:].T                                                   # (3D + 2H, D)
     dh_carry = np.zeros((B, D), dtype=dhs.dtype)
     for t in reversed(range(T)):
-        dxs[t], dh_carry, dM_carry, step_grads = lsam_step_backward(dhs[t] + dh_carry, dM_carry, cache.steps[t])
-        for name, dparam in step_grads.items():
-            grads[name] += dparam                                    # weights are shared across steps
+        da, dM_carry = _step_backward(dhs[t] + dh_carry, dM_carry, cache.steps[t], dA[t])
+        dh_carry = da @ W_hT                                         # through z_t's h_{t-1} rows
+    dA_flat = dA.reshape(T * B, -1)
+    dxs = (dA_flat @ W[:X].T).reshape(T, B, X).astype(cache.xs.dtype, copy=False)   # (T, B, X)
+    grads = _split_grads(Z.reshape(T * B, -1).T @ dA_flat, dA_flat.sum(axis=0), D, H)   # shared over steps
+    grads = {name: grads[name].astype(p.dtype, copy=False) for name, p in cache.params.items()}
     return dxs, dh_carry, dM_carry, grads
 
 

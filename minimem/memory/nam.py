@@ -68,6 +68,16 @@ def _check_eps(eps: float) -> float:
     return eps
 
 
+def _outer_plus(a: np.ndarray, b: np.ndarray, C: np.ndarray | None = None) -> np.ndarray:
+    """a b^T + C over the last axes, (..., m) and (..., n) -> (..., m, n), in one new buffer (C None:
+    just the outer product). The values and dtype of C + a[..., :, None] * b[..., None, :]; einsum
+    forms the products ~1.5x faster than broadcasting over a short last axis (the same numbers)."""
+    out = np.einsum("...i,...j->...ij", a, b, dtype=np.result_type(a, b) if C is None else np.result_type(C, a, b))
+    if C is not None:
+        out += C
+    return out
+
+
 # ----------------------------------------------------------------- unit norm, (NAM-0)
 class UnitCache(NamedTuple):
     x_hat: np.ndarray    # (..., n) x / max(||x||, eps)
@@ -87,7 +97,12 @@ def unit_forward(x: np.ndarray, eps: float = EPS) -> tuple[np.ndarray, UnitCache
     x, eps = as_float_array("x", x), _check_eps(eps)
     if x.ndim < 1:
         raise ValueError("x must have shape (..., n); got a scalar")
-    squared = np.sum(x * x, axis=-1, keepdims=True)             # (..., 1)
+    return _unit(x, eps)
+
+
+def _unit(x: np.ndarray, eps: float) -> tuple[np.ndarray, UnitCache]:
+    """unit_forward on an array already converted and checked."""
+    squared = (x * x).sum(axis=-1, keepdims=True)               # (..., 1)
     above = squared >= eps * eps
     norm = np.sqrt(np.maximum(squared, eps * eps))              # max(||x||, eps)
     x_hat = x / norm                                            # (..., n)
@@ -99,8 +114,11 @@ def unit_backward(dx_hat: np.ndarray, cache: UnitCache) -> np.ndarray:
     floor, dx = dx_hat / eps below it."""
     x_hat, norm, above = cache
     _expect_dout("dx_hat", dx_hat, x_hat.shape, "(..., n)")
-    radial = np.sum(x_hat * dx_hat, axis=-1, keepdims=True)      # (..., 1)
-    return (dx_hat - above * x_hat * radial) / norm              # (..., n)
+    radial = (x_hat * dx_hat).sum(axis=-1, keepdims=True)        # (..., 1)
+    dx = x_hat * (above * radial)                                # (..., n), one new buffer
+    np.subtract(dx_hat, dx, out=dx)
+    dx /= norm
+    return dx
 
 
 def unit_autodiff(x, eps: float = EPS) -> ad.Tensor:
@@ -117,6 +135,7 @@ class NAMReadCache(NamedTuple):
     q_hat: np.ndarray        # (..., d_k) unit query (the query itself with normalize=False)
     p_r: np.ndarray          # (...) read probability
     unit: UnitCache | None   # the normalisation of q, None with normalize=False
+    read: np.ndarray | None = None   # (..., d_v) M q_hat, kept from the forward (None: recomputed)
 
 
 def _validate_read(M, q, p_r) -> None:
@@ -140,21 +159,28 @@ def nam_read_forward(M: np.ndarray, q: np.ndarray, p_r: np.ndarray, normalize: b
     """
     M, q, p_r = _floats(M=M, q=q, p_r=p_r)
     _validate_read(M, q, p_r)
-    q_hat, unit = unit_forward(q, eps) if normalize else (q, None)
-    r = p_r[..., None] * np.matmul(M, q_hat[..., None])[..., 0]      # (..., d_v)
-    return r, NAMReadCache(M, q_hat, p_r, unit)
+    return _read_forward(M, q, p_r, normalize, _check_eps(eps))
+
+
+def _read_forward(M, q, p_r, normalize: bool = True, eps: float = EPS):
+    """nam_read_forward on arrays already converted and checked (for hosts' time loops)."""
+    q_hat, unit = _unit(q, eps) if normalize else (q, None)
+    read = np.matmul(M, q_hat[..., None])[..., 0]                    # (..., d_v)  M q_hat
+    r = p_r[..., None] * read                                        # (..., d_v)
+    return r, NAMReadCache(M, q_hat, p_r, unit, read)
 
 
 def nam_read_backward(dr: np.ndarray, cache: NAMReadCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Adjoint of (NAM-1) (spec A1.4). Returns (dM, dq, dp_r):
         dM = p_r dr q_hat^T,  dq_hat = p_r M^T dr,  dp_r = dr . M q_hat,  then the unit-norm adjoint.
     """
-    M, q_hat, p_r, unit = cache
-    _expect_dout("dr", dr, M.shape[:-1], "(..., d_v)")
-    read = np.matmul(M, q_hat[..., None])[..., 0]                    # (..., d_v)  M q_hat
-    dM = p_r[..., None, None] * dr[..., :, None] * q_hat[..., None, :]   # (..., d_v, d_k)
+    _expect_dout("dr", dr, cache.M.shape[:-1], "(..., d_v)")
+    M, q_hat, p_r, unit, read = cache
+    if read is None:
+        read = np.matmul(M, q_hat[..., None])[..., 0]                # (..., d_v)  M q_hat
+    dM = _outer_plus(p_r[..., None] * dr, q_hat)                     # (..., d_v, d_k)
     dq_hat = p_r[..., None] * np.matmul(dr[..., None, :], M)[..., 0, :]  # (..., d_k)
-    dp_r = np.sum(dr * read, axis=-1)                                # (...)
+    dp_r = (dr * read).sum(axis=-1)                                  # (...)
     dq = dq_hat if unit is None else unit_backward(dq_hat, unit)
     return dM, dq, dp_r
 
@@ -204,10 +230,15 @@ def nam_write_forward(M: np.ndarray, k: np.ndarray, v: np.ndarray, p_w: np.ndarr
     """
     M, k, v, p_w, p_e = _floats(M=M, k=k, v=v, p_w=p_w, p_e=p_e)
     _validate_write(M, k, v, p_w, p_e)
-    k_hat, unit = unit_forward(k, eps) if normalize else (k, None)
+    return _write_forward(M, k, v, p_w, p_e, normalize, _check_eps(eps))
+
+
+def _write_forward(M, k, v, p_w, p_e, normalize: bool = True, eps: float = EPS):
+    """nam_write_forward on arrays already converted and checked (for hosts' time loops)."""
+    k_hat, unit = _unit(k, eps) if normalize else (k, None)
     u = np.matmul(M, k_hat[..., None])[..., 0]                       # (..., d_v)  old value at k_hat
     delta = p_w[..., None] * v - p_e[..., None] * u                  # (..., d_v)
-    M_new = M + delta[..., :, None] * k_hat[..., None, :]            # (..., d_v, d_k)
+    M_new = _outer_plus(delta, k_hat, M)                             # (..., d_v, d_k)
     return M_new, NAMWriteCache(M, k_hat, v, p_w, p_e, u, delta, unit)
 
 
@@ -220,14 +251,48 @@ def nam_write_backward(dM_new: np.ndarray, cache: NAMWriteCache) -> tuple[np.nda
     M, k_hat, v, p_w, p_e, u, delta, unit = cache
     _expect_dout("dM_new", dM_new, M.shape, "(..., d_v, d_k)")
     G_k = np.matmul(dM_new, k_hat[..., None])[..., 0]                # (..., d_v)  G k_hat
-    dM = dM_new - p_e[..., None, None] * G_k[..., :, None] * k_hat[..., None, :]   # (..., d_v, d_k)
-    dv = p_w[..., None] * G_k                                        # (..., d_v)
-    dp_w = np.sum(v * G_k, axis=-1)                                  # (...)
-    dp_e = -np.sum(u * G_k, axis=-1)                                 # (...)
     dk_hat = (np.matmul(delta[..., None, :], dM_new)[..., 0, :]      # (..., d_k)  G^T delta
               - p_e[..., None] * np.matmul(G_k[..., None, :], M)[..., 0, :])   # - p_e M^T G k_hat
+    dM = _outer_plus(-p_e[..., None] * G_k, k_hat, dM_new)          # (..., d_v, d_k)
+    dv = p_w[..., None] * G_k                                        # (..., d_v)
+    dp_w = (v * G_k).sum(axis=-1)                                    # (...)
+    dp_e = -(u * G_k).sum(axis=-1)                                   # (...)
     dk = dk_hat if unit is None else unit_backward(dk_hat, unit)
     return dM, dk, dv, dp_w, dp_e
+
+
+def _write_read_backward(dr: np.ndarray, dM_out: np.ndarray, write: NAMWriteCache, read: NAMReadCache):
+    """Adjoint of a write followed by a read of the written memory, M' = WR(M, k, v, p_w, p_e) and
+    r = RD(M', q, p_r), M' also leaving with gradient dM_out (the recurrent hosts: LSAM's cell,
+    NAM-TM's two tapes). The same numbers as nam_read_backward (its dM plus dM_out) then
+    nam_write_backward, up to round-off, without forming G = dM_out + p_r dr q_hat^T: with a = p_r dr,
+        G k_hat = dM_out k_hat + a (q_hat . k_hat),   G^T delta = dM_out^T delta + q_hat (a . delta),
+        dM = G - p_e (G k_hat) k_hat^T = dM_out + [a, -p_e G k_hat] [q_hat, k_hat]^T   (one rank-2 product).
+    Returns (dM, dk, dv, dp_w, dp_e, dq, dp_r)."""
+    M, k_hat, v, p_w, p_e, u, delta, k_unit = write
+    M_t, q_hat, p_r, q_unit, r_read = read
+    if r_read is None:
+        r_read = np.matmul(M_t, q_hat[..., None])[..., 0]              # (..., d_v)  M' q_hat
+    a = p_r[..., None] * dr                                           # (..., d_v)  (NAM-1) adjoint
+    dq_hat = p_r[..., None] * np.matmul(dr[..., None, :], M_t)[..., 0, :]   # (..., d_k)
+    dp_r = (dr * r_read).sum(axis=-1)                                 # (...)
+    G_k = (np.matmul(dM_out, k_hat[..., None])[..., 0]                # (..., d_v)  G k_hat
+           + a * (q_hat * k_hat).sum(axis=-1, keepdims=True))
+    dk_hat = (np.matmul(delta[..., None, :], dM_out)[..., 0, :]       # (..., d_k)  G^T delta
+              + q_hat * (a * delta).sum(axis=-1, keepdims=True)
+              - p_e[..., None] * np.matmul(G_k[..., None, :], M)[..., 0, :])   # - p_e M^T G k_hat
+    dM = np.matmul(np.stack([a, -p_e[..., None] * G_k], axis=-1),    # (..., d_v, 2) @ (..., 2, d_k)
+                   np.stack([q_hat, k_hat], axis=-2))
+    if dM.dtype == np.result_type(dM, dM_out):
+        dM += dM_out
+    else:
+        dM = dM + dM_out
+    dv = p_w[..., None] * G_k                                         # (..., d_v)
+    dp_w = (v * G_k).sum(axis=-1)                                     # (...)
+    dp_e = -(u * G_k).sum(axis=-1)                                    # (...)
+    dk = dk_hat if k_unit is None else unit_backward(dk_hat, k_unit)
+    dq = dq_hat if q_unit is None else unit_backward(dq_hat, q_unit)
+    return dM, dk, dv, dp_w, dp_e, dq, dp_r
 
 
 def nam_write_autodiff(M, k, v, p_w, p_e, normalize: bool = True, eps: float = EPS) -> ad.Tensor:

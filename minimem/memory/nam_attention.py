@@ -165,7 +165,10 @@ def nam_attention_backward(dY: np.ndarray, cache: NAMAttentionCache):
             dV[:, :, t0:t1] = np.swapaxes(A, -1, -2) @ dy + k @ dS_carry
             dS_carry = dS_carry + np.swapaxes(q, -1, -2) @ dy        # this chunk read the state before it
     if keep is not None:
-        dK_hat = dK_hat * keep
+        if dK_hat.dtype == np.result_type(dK_hat, keep):
+            dK_hat *= keep                                           # dK_hat is a new array
+        else:
+            dK_hat = dK_hat * keep
     return unit_backward(dQ_hat, q_unit), unit_backward(dK_hat, k_unit), dV
 
 
@@ -226,7 +229,7 @@ class NAMLayerCache(NamedTuple):
 
 def nam_attention_layer_forward(x: np.ndarray, params: Mapping[str, np.ndarray], heads: int,
                                 key_mask: np.ndarray | None = None, causal: bool = False,
-                                chunk: int = DEFAULT_CHUNK):
+                                chunk: int = DEFAULT_CHUNK, query_rows: int | None = None):
     """Multi-head NAM self-attention, (NT-1)-(NT-4).
 
     Args:
@@ -234,14 +237,21 @@ def nam_attention_layer_forward(x: np.ndarray, params: Mapping[str, np.ndarray],
         params: {"W_q", "W_k", "W_v", "W_o"} (layouts in the module docstring).
         heads: H.
         key_mask: (B, T) boolean, True at real tokens, or None; causal, chunk: as in the kernel.
+        query_rows: n in 1..T (non-causal only): the output of the first n positions only, each the
+            same as in the full output (every position still writes); None: all T.
     Returns:
-        out: (B, T, D), and the cache for nam_attention_layer_backward.
+        out: (B, T, D) (or (B, n, D)), and the cache for nam_attention_layer_backward.
     """
     D, _, _ = _layer_shapes(params, heads)
     x = as_float_array("x", x)
     if x.ndim != 3 or x.shape[2] != D or x.shape[1] == 0:
         raise ValueError(f"x must have shape (B, T, D) with T >= 1 and D={D}; got {x.shape}")
-    Q, q_cache = linear_forward(x, params["W_q"])                   # (B, T, H d_k)  (NT-1)
+    if query_rows is not None and query_rows != x.shape[1]:
+        if (isinstance(query_rows, bool) or not isinstance(query_rows, (int, np.integer))
+                or not 1 <= query_rows <= x.shape[1] or causal):
+            raise ValueError(f"query_rows must be an integer in [1, T] = [1, {x.shape[1]}] and needs causal=False; "
+                             f"got {query_rows!r}, causal={causal}")
+    Q, q_cache = linear_forward(x[:, :query_rows], params["W_q"])   # (B, T or n, H d_k)  (NT-1)
     K, k_cache = linear_forward(x, params["W_k"])                   # (B, T, H d_k)
     V, v_cache = linear_forward(x, params["W_v"])                   # (B, T, H d_v)
     Y, kernel_cache = nam_attention_forward(                        # (B, H, T, d_v)  (NT-2)-(NT-3)
@@ -258,7 +268,11 @@ def nam_attention_layer_backward(dout: np.ndarray, cache: NAMLayerCache):
     dx_q, dW_q, _ = linear_backward(_merge_heads(dQ), cache.q)                       # (NT-1)
     dx_k, dW_k, _ = linear_backward(_merge_heads(dK), cache.k)
     dx_v, dW_v, _ = linear_backward(_merge_heads(dV), cache.v)
-    return dx_q + dx_k + dx_v, {"W_q": dW_q, "W_k": dW_k, "W_v": dW_v, "W_o": dW_o}
+    if dx_q.shape == dx_k.shape:
+        return dx_q + dx_k + dx_v, {"W_q": dW_q, "W_k": dW_k, "W_v": dW_v, "W_o": dW_o}
+    dx = dx_k + dx_v
+    dx[:, :dx_q.shape[1]] += dx_q                                   # query_rows = n: queries at the first n rows
+    return dx, {"W_q": dW_q, "W_k": dW_k, "W_v": dW_v, "W_o": dW_o}
 
 
 def nam_attention_layer_autodiff(x, tparams: Mapping[str, ad.Tensor], heads: int, key_mask=None,

@@ -64,13 +64,13 @@ import numpy as np
 from minimem import autodiff as ad
 from minimem import init
 from minimem.memory.nam import (
-    NAMReadCache, NAMWriteCache, nam_read_autodiff, nam_read_backward, nam_read_forward,
-    nam_write_autodiff, nam_write_backward, nam_write_forward, unit_autodiff, unit_backward, unit_forward,
+    NAMReadCache, NAMWriteCache, _read_forward, _write_forward, _write_read_backward, nam_read_autodiff,
+    nam_read_forward, nam_write_autodiff, nam_write_forward, unit_autodiff, unit_backward, unit_forward,
 )
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward
 from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
-    strip_prefix, with_prefix,
+    scatter_add_rows, strip_prefix, with_prefix,
 )
 from minimem.nn.lstm import lstm_autodiff, lstm_backward, lstm_forward, lstm_init
 
@@ -90,12 +90,12 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------- head moves, (TM-8)-(TM-9)
 def shift_next(psi: np.ndarray) -> np.ndarray:
     """S+ psi: (S+ psi)[l] = psi[(l - 1) mod L], mass moves one cell forward. Its adjoint is S-."""
-    return np.roll(psi, 1, axis=-1)
+    return np.concatenate([psi[..., -1:], psi[..., :-1]], axis=-1)   # np.roll(psi, 1, -1), as two slices
 
 
 def shift_prev(psi: np.ndarray) -> np.ndarray:
     """S- psi: (S- psi)[l] = psi[(l + 1) mod L], mass moves one cell back. Its adjoint is S+."""
-    return np.roll(psi, -1, axis=-1)
+    return np.concatenate([psi[..., 1:], psi[..., :1]], axis=-1)     # np.roll(psi, -1, -1)
 
 
 class MoveCache(NamedTuple):
@@ -109,7 +109,8 @@ def move_forward(psi: np.ndarray, weights: np.ndarray, j: np.ndarray) -> tuple[n
 
     Args:
         psi: (B, P, L) position; weights: (B, P, 4) softmax over (prev, stay, next, jump);
-        j: (B, P, L) jump target.
+        j: (B, P, L) jump target. Any leading axes work alike (the tape step moves both heads at
+        once: psi (B, P, 2, L), weights (B, P, 2, 4), j (B, P, 1, L) broadcast over the heads).
     Returns:
         the new position (B, P, L), and the cache for move_backward.
     """
@@ -124,8 +125,8 @@ def move_backward(dnew: np.ndarray, cache: MoveCache) -> tuple[np.ndarray, np.nd
     psi, weights, j = cache
     w = weights[..., None]
     dpsi = w[..., 0, :] * shift_next(dnew) + w[..., 1, :] * dnew + w[..., 2, :] * shift_prev(dnew)
-    candidates = np.stack([shift_prev(psi), psi, shift_next(psi), j], axis=-2)   # (B, P, 4, L)
-    dweights = np.sum(candidates * dnew[..., None, :], axis=-1)     # (B, P, 4)
+    candidates = np.stack([shift_prev(psi), psi, shift_next(psi), np.broadcast_to(j, psi.shape)], axis=-2)
+    dweights = (candidates * dnew[..., None, :]).sum(axis=-1)       # (B, P, 4, L) -> (B, P, 4)
     return dpsi, dweights, w[..., 3, :] * dnew
 
 
@@ -177,16 +178,24 @@ def tape_step_forward(state: TapeState, controls: TapeControls) -> tuple[tuple[n
     Returns:
         (o, new_state): o (B, P, C) the reads, and the cache for tape_step_backward.
     """
+    return _tape_step(state, controls, checked=False)
+
+
+def _tape_step(state: TapeState, controls: TapeControls, checked: bool):
+    """tape_step_forward; checked=True skips the NAM operations' input checks (nam_tm_forward made
+    every array itself, with the right shapes and dtypes)."""
     Phi, Psi, pos_r, pos_w = state
     rho, omega, p_r, p_w, p_e, v, k, q = controls
-    Phi_new, value_write = nam_write_forward(Phi, pos_w, v, p_w, p_e)            # (TM-1)-(TM-3)
-    o, read = nam_read_forward(Phi_new, pos_r, p_r)                               # (TM-1), (TM-4)
-    Psi_new, key_write = nam_write_forward(Psi, k, pos_w, p_w, p_e, normalize=False)   # (TM-5)-(TM-6)
-    j, jump = nam_read_forward(Psi_new, q, np.ones_like(p_r), normalize=False)   # (TM-7), (B, P, L)
-    pos_w_new, move_w = move_forward(pos_w, omega, j)                             # (TM-8)
-    pos_r_new, move_r = move_forward(pos_r, rho, j)                               # (TM-9)
+    write, read_ = (_write_forward, _read_forward) if checked else (nam_write_forward, nam_read_forward)
+    Phi_new, value_write = write(Phi, pos_w, v, p_w, p_e)                         # (TM-1)-(TM-3)
+    o, read = read_(Phi_new, pos_r, p_r)                                          # (TM-1), (TM-4)
+    Psi_new, key_write = write(Psi, k, pos_w, p_w, p_e, normalize=False)          # (TM-5)-(TM-6)
+    j, jump = read_(Psi_new, q, np.ones_like(p_r), normalize=False)               # (TM-7), (B, P, L)
+    moved, _ = move_forward(np.stack([pos_w, pos_r], axis=-2),                    # (TM-8), (TM-9) as one
+                            np.stack([omega, rho], axis=-2), j[..., None, :])      # (B, P, 2, L) move
+    pos_w_new, pos_r_new = moved[..., 0, :], moved[..., 1, :]
     return (o, TapeState(Phi_new, Psi_new, pos_r_new, pos_w_new)), TapeStepCache(
-        value_write, read, key_write, jump, move_w, move_r)
+        value_write, read, key_write, jump, MoveCache(pos_w, omega, j), MoveCache(pos_r, rho, j))
 
 
 def tape_step_backward(do: np.ndarray, dstate: TapeState, cache: TapeStepCache) -> tuple[TapeState, TapeControls]:
@@ -199,12 +208,20 @@ def tape_step_backward(do: np.ndarray, dstate: TapeState, cache: TapeStepCache) 
     """
     dPhi_new, dPsi_new, dpos_r_new, dpos_w_new = dstate
     value_write, read, key_write, jump, move_w, move_r = cache
-    dpos_r, drho, dj_r = move_backward(dpos_r_new, move_r)                        # 9.
-    dpos_w, domega, dj_w = move_backward(dpos_w_new, move_w)                      # 8.
-    dPsi_read, dq, _ = nam_read_backward(dj_r + dj_w, jump)                       # 7.
-    dPsi, dk, dpos_w_value, dp_w_key, dp_e_key = nam_write_backward(dPsi_new + dPsi_read, key_write)  # 6.-5.
-    dPhi_read, dpos_r_read, dp_r = nam_read_backward(do, read)                    # 4.
-    dPhi, dpos_w_key, dv, dp_w_value, dp_e_value = nam_write_backward(dPhi_new + dPhi_read, value_write)  # 3.-1.
+    for name, g, like in (("do", do, read.M.shape[:-1]), ("dstate.Phi", dPhi_new, read.M.shape),
+                          ("dstate.Psi", dPsi_new, jump.M.shape)):
+        if np.shape(g) != like:
+            raise ValueError(f"{name} must have the forward output's shape {like}; got {np.shape(g)}")
+    dpos, dweights, dj = move_backward(                                           # 9. and 8. as one move
+        np.stack([dpos_w_new, dpos_r_new], axis=-2),
+        MoveCache(np.stack([move_w.psi, move_r.psi], axis=-2), np.stack([move_w.weights, move_r.weights], axis=-2),
+                  move_w.j[..., None, :]))
+    dpos_w, dpos_r, domega, drho = dpos[..., 0, :], dpos[..., 1, :], dweights[..., 0, :], dweights[..., 1, :]
+    # each tape is written, then read: one fused adjoint per tape, with the carried dPsi_new / dPhi_new
+    dPsi, dk, dpos_w_value, dp_w_key, dp_e_key, dq, _ = _write_read_backward(dj[..., 1, :] + dj[..., 0, :], dPsi_new,
+                                                                             key_write, jump)       # 7., 6.-5.
+    dPhi, dpos_w_key, dv, dp_w_value, dp_e_value, dpos_r_read, dp_r = _write_read_backward(
+        do, dPhi_new, value_write, read)                                                             # 4., 3.-1.
     dstate_prev = TapeState(dPhi, dPsi, dpos_r + dpos_r_read, dpos_w + dpos_w_value + dpos_w_key)
     return dstate_prev, TapeControls(drho, domega, dp_r, dp_w_key + dp_w_value, dp_e_key + dp_e_value, dv, dk, dq)
 
@@ -326,11 +343,12 @@ def _check_tokens(tokens, V: int) -> np.ndarray:
     return tokens
 
 
-def _controls(a: np.ndarray, v: np.ndarray, k: np.ndarray, q: np.ndarray, t: int) -> TapeControls:
-    """Step t's TapeControls from the precomputed action logits a (T, B, P, 11) and v, k, q (T, B, P, C)."""
-    probs = _sigmoid(a[t, ..., 8:11])                                # (B, P, 3)
-    return TapeControls(_softmax(a[t, ..., 0:4]), _softmax(a[t, ..., 4:8]), probs[..., 0], probs[..., 1],
-                        probs[..., 2], v[t], k[t], q[t])
+def _all_controls(a: np.ndarray, v: np.ndarray, k: np.ndarray, q: np.ndarray) -> list[TapeControls]:
+    """Every step's TapeControls from the precomputed action logits a (T, B, P, 11) and v, k, q
+    (T, B, P, C); the softmaxes and sigmoids are taken once over all T."""
+    rho, omega, probs = _softmax(a[..., 0:4]), _softmax(a[..., 4:8]), _sigmoid(a[..., 8:11])
+    return [TapeControls(rho[t], omega[t], probs[t, ..., 0], probs[t, ..., 1], probs[t, ..., 2], v[t], k[t], q[t])
+            for t in range(a.shape[0])]
 
 
 def nam_tm_forward(tokens: np.ndarray, params: Mapping[str, np.ndarray], config: NAMTMConfig):
@@ -360,8 +378,8 @@ def nam_tm_forward(tokens: np.ndarray, params: Mapping[str, np.ndarray], config:
     v = v.reshape(T, B, P, C)
     state = initial_tape_state(B, P, C, L, dtype=np.result_type(x, *params.values()))
     reads, steps = np.empty((T, B, P, C), dtype=state.Phi.dtype), []
-    for t in range(T):                                               # 5. the tapes, (TM-1)-(TM-9)
-        (reads[t], state), step = tape_step_forward(state, _controls(a, v, k, q, t))
+    for t, controls in enumerate(_all_controls(a, v, k, q)):         # 5. the tapes, (TM-1)-(TM-9)
+        (reads[t], state), step = _tape_step(state, controls, checked=True)
         steps.append(step)
     y, output = linear_forward(reads.reshape(T, B, P * C), params["output.W"], params["output.b"])  # 6. (T, B, D)
     head_ln = None
@@ -392,17 +410,21 @@ def nam_tm_backward(dlogits: np.ndarray, cache: NAMTMCache) -> dict[str, np.ndar
     dos, grads["output.W"], grads["output.b"] = linear_backward(dy, cache.output)   # 6.
     dos = dos.reshape(T, B, P, C)
     dstate = TapeState(*(np.zeros_like(s) for s in initial_tape_state(B, P, C, L, dtype=dos.dtype)))
-    da = np.zeros_like(cache.a)                                      # (T, B, P, 11)
+    dcontrols = np.zeros(cache.a.shape, dtype=np.result_type(cache.a, dos))   # (T, B, P, 11) d rho | omega | probs
     dv, dk, dq = (np.zeros((T, B, P, C), dtype=dos.dtype) for _ in range(3))
     for t in reversed(range(T)):                                     # 5.
         dstate, dc = tape_step_backward(dos[t], dstate, cache.steps[t])
-        rho, omega = cache.steps[t].move_r.weights, cache.steps[t].move_w.weights
-        da[t, ..., 0:4] = rho * (dc.rho - np.sum(dc.rho * rho, axis=-1, keepdims=True))          # softmax
-        da[t, ..., 4:8] = omega * (dc.omega - np.sum(dc.omega * omega, axis=-1, keepdims=True))
-        for i, (p, dp) in enumerate(((cache.steps[t].read.p_r, dc.p_r), (cache.steps[t].value_write.p_w, dc.p_w),
-                                     (cache.steps[t].value_write.p_e, dc.p_e))):
-            da[t, ..., 8 + i] = dp * p * (1.0 - p)                   # sigmoid
+        dcontrols[t, ..., 0:4], dcontrols[t, ..., 4:8] = dc.rho, dc.omega
+        dcontrols[t, ..., 8], dcontrols[t, ..., 9], dcontrols[t, ..., 10] = dc.p_r, dc.p_w, dc.p_e
         dv[t], dk[t], dq[t] = dc.v, dc.k, dc.q
+    a = cache.a                                                      # the forward's controls, recomputed at once
+    rho, omega, probs = _softmax(a[..., 0:4]), _softmax(a[..., 4:8]), _sigmoid(a[..., 8:11])   # (T, B, P, 4|4|3)
+    da = np.empty_like(dcontrols)
+    drho, domega, dprobs = dcontrols[..., 0:4], dcontrols[..., 4:8], dcontrols[..., 8:11]
+    da[..., 0:4] = rho * (drho - np.sum(drho * rho, axis=-1, keepdims=True))                  # softmax
+    da[..., 4:8] = omega * (domega - np.sum(domega * omega, axis=-1, keepdims=True))
+    da[..., 8:11] = dprobs * probs * (1.0 - probs)                   # sigmoid
+    da = da.astype(cache.a.dtype, copy=False)
     key_lin, key_unit = cache.key                                    # 4.
     query_lin, query_unit = cache.query
     dx_v, grads["value.W"], grads["value.b"] = linear_backward(dv.reshape(T, B, P * C), cache.value)
@@ -417,7 +439,7 @@ def nam_tm_backward(dlogits: np.ndarray, cache: NAMTMCache) -> dict[str, np.ndar
     dx_lin, grads["embed_ln.gain"], grads["embed_ln.bias"] = layernorm_backward(dx_v + dx_k + dx_g, embed_ln)
     de, grads["embed.W"], grads["embed.b"] = linear_backward(dx_lin, embed_lin)
     dE = np.zeros_like(params["embed.E"])
-    np.add.at(dE, tokens, de)                                        # repeated tokens accumulate
+    scatter_add_rows(dE, tokens, de)                                 # repeated tokens accumulate
     grads["embed.E"] = dE
     return {name: grads[name] for name in params}
 

@@ -52,6 +52,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.memory.nam import unit_forward
 from minimem.memory.nam_attention import (
     nam_attention_init, nam_attention_layer_autodiff, nam_attention_layer_backward, nam_attention_layer_forward,
 )
@@ -59,7 +60,7 @@ from minimem.nn.attention import attention_autodiff, attention_backward, attenti
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward
 from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
-    strip_prefix, with_prefix,
+    scatter_add_rows, strip_prefix, with_prefix,
 )
 from minimem.nn.mlp import mlp_autodiff, mlp_backward, mlp_forward, mlp_init
 
@@ -72,15 +73,38 @@ GELU_C = math.sqrt(2.0 / math.pi)
 
 # ----------------------------------------------------------------- GELU, tanh approximation
 def gelu_forward(z: np.ndarray):
-    """gelu(z) = 0.5 z (1 + tanh(c (z + 0.044715 z^3))), c = sqrt(2 / pi). Returns (a, cache)."""
-    t = np.tanh(GELU_C * (z + 0.044715 * (z * z * z)))      # z * z * z: far faster than z ** 3
-    return 0.5 * z * (1.0 + t), (z, t)
+    """gelu(z) = 0.5 z (1 + tanh(c (z + 0.044715 z^3))), c = sqrt(2 / pi). Returns (a, cache).
+    Computed in two buffers, operation for operation as written (z * z * z: far faster than z ** 3)."""
+    t = z * z
+    t *= z
+    t *= 0.044715
+    t += z
+    t *= GELU_C
+    np.tanh(t, out=t)                                       # t = tanh(c (z + 0.044715 z^3))
+    a = t + 1.0
+    a *= z
+    a *= 0.5                                                # (1 + t) z 0.5 = 0.5 z (1 + t) exactly
+    return a, (z, t)
 
 
 def gelu_backward(da: np.ndarray, cache) -> np.ndarray:
-    """dz = da (0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 * 0.044715 z^2))."""
+    """dz = da (0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 * 0.044715 z^2)), reusing the forward's t;
+    three buffers instead of a dozen temporaries."""
     z, t = cache
-    return da * (0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * GELU_C * (1.0 + 3 * 0.044715 * z * z))
+    dz = t + 1.0
+    dz *= 0.5                                               # 0.5 (1 + t)
+    b = t * t
+    np.subtract(1.0, b, out=b)
+    b *= z
+    b *= 0.5
+    b *= GELU_C                                             # 0.5 z (1 - t^2) c
+    c = z * (3 * 0.044715)
+    c *= z
+    c += 1.0                                                # 1 + 3 * 0.044715 z^2
+    b *= c
+    dz += b
+    dz *= da
+    return dz
 
 
 def gelu_autodiff(z) -> ad.Tensor:
@@ -436,6 +460,14 @@ def _check_inputs(inputs, config: NAMTransformerConfig):
 
 
 # ----------------------------------------------------------------- the model, manual engine
+def _first_row_only(config: NAMTransformerConfig) -> bool:
+    """Whether the manual engine runs the last block for row 0 only: the "first" readout reads
+    nothing else, and with non-causal NAM attention row 0 of the block's output depends on the other
+    rows only through the memory they write (which is still computed in full). Same numbers, less
+    work: the last block's query, output projection, second layer norm and MLP see B rows, not B T."""
+    return config.readout == "first" and config.attention == "nam" and not config.causal and config.layers >= 1
+
+
 class BlockCache(NamedTuple):
     ln1: object
     attn: object
@@ -443,6 +475,7 @@ class BlockCache(NamedTuple):
     fc1: object
     gelu: tuple
     fc2: object
+    T: int | None = None         # positions of the block's input when only its first rows were output
 
 
 class NAMTransformerCache(NamedTuple):
@@ -455,18 +488,27 @@ class NAMTransformerCache(NamedTuple):
     T: int                       # T' = positions incl. CLS
 
 
-def block_forward(x, params, config: NAMTransformerConfig, key_mask):
-    """One pre-LN block, (NT-6)-(NT-7), on x (B, T, D). Returns (x', BlockCache)."""
+def block_forward(x, params, config: NAMTransformerConfig, key_mask, rows: int | None = None):
+    """One pre-LN block, (NT-6)-(NT-7), on x (B, T, D). Returns (x', BlockCache).
+
+    rows = n (NAM attention, non-causal): x' (B, n, D) holds only the first n positions, each as in
+    the full output; every position still writes the attention memory. The last block under the
+    "first" readout needs only row 0, and its MLP then runs on B rows instead of B T."""
     eps = config.ln_eps
     h, ln1 = layernorm_forward(x, params["ln1.gain"], params["ln1.bias"], eps)                     # 1.
-    a, attn = attention_layer_forward(config.attention, h, strip_prefix("attn", params), config.heads,
-                                      key_mask, config.causal, config.chunk)                       # 2.
-    x = x + a
+    if rows is None:
+        a, attn = attention_layer_forward(config.attention, h, strip_prefix("attn", params), config.heads,
+                                          key_mask, config.causal, config.chunk)                   # 2.
+        x = x + a
+    else:
+        a, attn = nam_attention_layer_forward(h, strip_prefix("attn", params), config.heads, key_mask,
+                                              config.causal, config.chunk, query_rows=rows)
+        x = x[:, :rows] + a
     h, ln2 = layernorm_forward(x, params["ln2.gain"], params["ln2.bias"], eps)                     # 3.
     z, fc1 = linear_forward(h, params["mlp.layer0.W"], params["mlp.layer0.b"])                     # 4.
     g, gelu = gelu_forward(z)
     m, fc2 = linear_forward(g, params["mlp.layer1.W"], params["mlp.layer1.b"])
-    return x + m, BlockCache(ln1, attn, ln2, fc1, gelu, fc2)
+    return x + m, BlockCache(ln1, attn, ln2, fc1, gelu, fc2, None if rows is None else h.shape[1])
 
 
 def block_backward(dx, cache: BlockCache, config: NAMTransformerConfig):
@@ -479,6 +521,9 @@ def block_backward(dx, cache: BlockCache, config: NAMTransformerConfig):
     dh, attn_grads = attention_layer_backward(config.attention, dx, cache.attn)                    # 2.
     grads.update(with_prefix("attn", attn_grads))
     dh, grads["ln1.gain"], grads["ln1.bias"] = layernorm_backward(dh, cache.ln1)                    # 1.
+    if cache.T is not None:                                          # only the first rows were output
+        dh[:, :dx.shape[1]] += dx
+        return dh, grads
     return dx + dh, grads
 
 
@@ -500,7 +545,8 @@ def nam_transformer_forward(inputs, params: Mapping[str, np.ndarray], config: NA
     attn_mask = None if config.reference_padding else key_mask
     blocks = []
     for l in range(config.layers):                                   # (NT-6)-(NT-7)
-        x, block = block_forward(x, strip_prefix(f"block{l}", params), config, attn_mask)
+        rows = 1 if l == config.layers - 1 and _first_row_only(config) else None
+        x, block = block_forward(x, strip_prefix(f"block{l}", params), config, attn_mask, rows)
         blocks.append(block)
     y, final_ln = layernorm_forward(x, params["final_ln.gain"], params["final_ln.bias"], config.ln_eps)  # (NT-8)
     rows = None
@@ -526,7 +572,9 @@ def nam_transformer_backward(dlogits: np.ndarray, cache: NAMTransformerCache, pa
     dr, head_grads = mlp_backward(dlogits, cache.head)
     grads.update(with_prefix("head", head_grads))
     B, T = cache.tokens.shape[0], cache.T
-    if config.readout == "first":
+    if config.readout == "first" and _first_row_only(config):
+        dy = dr[:, None, :]                                          # (B, 1, D): the last block kept row 0 only
+    elif config.readout == "first":
         dy = np.zeros((B, T, config.D), dtype=dr.dtype)
         dy[:, 0] = dr
     elif config.readout == "mean":
@@ -544,7 +592,7 @@ def nam_transformer_backward(dlogits: np.ndarray, cache: NAMTransformerCache, pa
         grads["cls"] = dx[:, 0].sum(axis=0)
         dx = dx[:, 1:]
     dE = np.zeros_like(params["embed.E"])
-    np.add.at(dE, cache.tokens, dx)                                  # repeated tokens accumulate
+    scatter_add_rows(dE, cache.tokens, dx)                           # repeated tokens accumulate
     grads["embed.E"] = dE
     return {name: grads[name] for name in params}
 
@@ -630,8 +678,12 @@ class NAMTransformer:
             return attn.sdpa.A
         if self.config.attention == "nam":
             kernel = attn.kernel
-            return kernel.Q_hat @ np.swapaxes(kernel.K_hat, -1, -2) * (
-                _tril(kernel.Q_hat.shape[2], kernel.Q_hat.dtype) if kernel.causal else 1.0)
+            Q_hat = kernel.Q_hat
+            if cache.blocks[block].T is not None:                    # the forward kept row 0 only: every row's query
+                Q = _split(attn.k.x @ self.params[f"block{block}.attn.W_q"], self.config.heads)
+                Q_hat = unit_forward(Q)[0]                           # (B, H, T', d)
+            return Q_hat @ np.swapaxes(kernel.K_hat, -1, -2) * (
+                _tril(Q_hat.shape[2], Q_hat.dtype) if kernel.causal else 1.0)
         kernel = attn[3]
         A = kernel.Qf @ np.swapaxes(kernel.Kf, -1, -2) / kernel.den
         return A * _tril(A.shape[-1], A.dtype) if kernel.causal else A

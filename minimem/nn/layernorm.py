@@ -51,7 +51,8 @@ def layernorm_forward(x: np.ndarray, gain: np.ndarray, bias: np.ndarray, eps: fl
     var = np.mean(centred * centred, axis=-1, keepdims=True)    # (..., 1)  eq. (2)
     inv_std = 1.0 / np.sqrt(var + eps)                          # (..., 1)
     x_hat = centred * inv_std                                   # (..., D)  eq. (3)
-    y = gain * x_hat + bias                                     # eq. (4)
+    y = np.multiply(x_hat, gain, dtype=np.result_type(x_hat, gain, bias))   # eq. (4), in one new buffer
+    y += bias
     return y, LayerNormCache(x_hat, inv_std, gain)
 
 
@@ -67,10 +68,14 @@ def layernorm_backward(dout: np.ndarray, cache: LayerNormCache):
     D = x_hat.shape[-1]
     dgain = np.sum((dout * x_hat).reshape(-1, D), axis=0)      # (D,)
     dbias = np.sum(dout.reshape(-1, D), axis=0)                 # (D,)
-    g = dout * gain                                             # (..., D) gradient w.r.t. x_hat
-    dx = inv_std * (g - g.mean(axis=-1, keepdims=True)
-                    - x_hat * np.mean(g * x_hat, axis=-1, keepdims=True))
-    return dx, dgain, dbias
+    g = np.multiply(dout, gain, dtype=np.result_type(dout, gain, x_hat, inv_std))   # (..., D) d/d x_hat
+    t = g * x_hat
+    radial = np.mean(t, axis=-1, keepdims=True)                 # (..., 1) mean(g * x_hat)
+    np.multiply(x_hat, radial, out=t)
+    g -= g.mean(axis=-1, keepdims=True)                         # g becomes dx, operation for operation
+    g -= t
+    g *= inv_std
+    return g, dgain, dbias
 
 
 def layernorm_autodiff(x, gain, bias, eps: float = DEFAULT_EPS) -> ad.Tensor:
