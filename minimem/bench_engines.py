@@ -44,18 +44,15 @@ Sizes (SIZES["full"]; the demos' configurations, shortened where a step would ta
 benchmarks(quick=False) returns {name: fn(rounds) -> rows} (rows of minimem.bench, with
 "baseline_bytes" / "candidate_bytes" = tracemalloc peak of one step, measured after the timing).
 
-Measured (python -m minimem.bench_engines --rounds 9, 83 s wall; numpy 2.4.6, OpenBLAS one thread,
-2 cores shared with other jobs at a load average of ~5, so the process got ~40% of a core and the
-wall times are inflated ~2.5x; autodiff / manual, then peak memory manual / autodiff):
-    SAM sparse 2.0x (2.6 / 7.4 MB)    SAM dense 3.3x (3.6 / 7.4 MB)     SDNC 1.2x (6.6 / 11.6 MB)
-    LSAM 2.5x (26.5 / 48.2 MB)        NAM-TM 2.9x (24.0 / 44.8 MB)      NAM few-shot 5.4x (4.7 / 8.9 MB)
-    NAM Transformer 2.9x (18.5 / 38.0 MB)   HMA head 5.2x (7.4 / 76.2 MB)
-    Titans MAC 5.1x (54.3 / 163 MB)   Titans MAL 3.9x (53.2 / 174 MB)
-Wall-time ratios moved by up to 2x between runs at this load (a 5-round run: few-shot 2.8x, NAM
-Transformer 1.8x, MAC 3.1x). The same pairs timed by CPU time (time.process_time, 9 interleaved
-rounds, a scratch script): SAM sparse 1.95x, dense 3.24x, SDNC 1.27x, LSAM 2.72x, NAM-TM 2.68x,
-few-shot 3.00x, NAM Transformer 1.89x, HMA 6.15x, MAC 3.45x, MAL 2.78x. Gradients agreed to
-1e-14 or better in every row.
+Measured (python -m minimem.bench_engines --rounds 9 on a quiet moment, load average ~1, after the
+speed work of issue 11; numpy 2.4.6, OpenBLAS one thread; autodiff / manual, then peak memory manual
+/ autodiff):
+    SAM sparse 2.4x (2.5 / 7.4 MB)    SAM dense 3.1x (3.6 / 7.4 MB)     SDNC 1.4x (6.6 / 11.4 MB)
+    LSAM 3.0x (30.0 / 48.2 MB)        NAM-TM 2.8x (24.7 / 44.8 MB)      NAM few-shot 3.4x (4.6 / 8.9 MB)
+    NAM Transformer 6.0x (7.4 / 38.0 MB)   HMA head 5.0x (7.1 / 76.2 MB)
+    Titans MAC 3.9x (54.3 / 163 MB)   Titans MAL 4.3x (53.2 / 174 MB)
+Before that speed work (loaded machine, CPU-time ratios): SAM sparse 1.9x, SDNC 1.2-1.3x, LSAM
+2.5-2.7x, NAM-TM 2.7x, NAM Transformer 1.8-1.9x. Gradients agreed to 1.1e-14 or better in every row.
 """
 
 from __future__ import annotations
