@@ -59,9 +59,9 @@ from minimem.memory.mnm_interface import (
     mnm_targets_autodiff, mnm_targets_backward, mnm_targets_forward,
 )
 from minimem.memory.mnm_memory import (
-    mnm_read_autodiff, mnm_read_backward, mnm_read_forward, mnm_recon_autodiff, mnm_recon_backward,
-    mnm_recon_forward, mnm_write_grad_autodiff, mnm_write_grad_backward, mnm_write_grad_forward,
-    mnm_write_local_autodiff, mnm_write_local_backward, mnm_write_local_forward,
+    mnm_read_autodiff, mnm_read_forward, mnm_read_recon_backward, mnm_recon_autodiff, mnm_recon_forward,
+    mnm_write_grad_autodiff, mnm_write_grad_backward, mnm_write_grad_forward, mnm_write_local_autodiff,
+    mnm_write_local_backward, mnm_write_local_forward,
 )
 from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
@@ -251,8 +251,19 @@ def mnm_step_forward(x: np.ndarray, state: MNMState, params: Mapping[str, np.nda
     Returns:
         (y (B, Y), meta (B,), state at t), and the cache for mnm_step_backward.
     """
+    (meta, state), cache = _recurrent_step(x, state, params, strip_prefix("ctrl", params), config)
+    o, out = linear_forward(np.concatenate([state.h, state.r], axis=1), params["out.W"], params["out.b"])  # 6. (B8)
+    y, head = linear_forward(o, params["head.W"], params["head.b"])                 # (B, Y)
+    return (y, meta, state), cache._replace(out=out, head=head)
+
+
+def _recurrent_step(x: np.ndarray, state: MNMState, params: Mapping[str, np.ndarray], ctrl: Mapping[str, np.ndarray],
+                    config: MNMConfig):
+    """Steps 1.-5. and 7. of mnm_step_forward: everything but the output layers (B8), which do not
+    feed back into the recurrence (mnm_forward runs them for all steps at once). ctrl: the ctrl.*
+    parameters without their prefix. Returns ((meta (B,), state at t), cache with out = head = None)."""
     u = np.concatenate([x, state.r], axis=1)                                         # 1. (B, X + d)
-    (h, c), ctrl = lstm_step_forward(u, state.h, state.c, strip_prefix("ctrl", params))   # eq. (B1)
+    (h, c), ctrl_cache = lstm_step_forward(u, state.h, state.c, ctrl)               # eq. (B1)
     io, iface = mnm_interface_forward(h, params["iface.W"], params["iface.b"], params["beta.w"],
                                       params["beta.b"], config.n_heads, config.beta_max)   # 2.-3. (B2)-(B3)
     targets_cache = None
@@ -263,11 +274,9 @@ def mnm_step_forward(x: np.ndarray, state: MNMState, params: Mapping[str, np.nda
                                                      config.target_widths, config.output_target)
         phi, write = mnm_write_local_forward(state.phi, io.k_write, targets, io.beta)         # 4. eq. (B6)
     r, read = mnm_read_forward(phi, io.k_read)                                       # 5. (B, d) eq. (B7)
-    o, out = linear_forward(np.concatenate([h, r], axis=1), params["out.W"], params["out.b"])   # 6. (B8)
-    y, head = linear_forward(o, params["head.W"], params["head.b"])                 # (B, Y)
     meta, meta_cache = mnm_recon_forward(phi, io.k_write, io.v_write)               # 7. (B,) eq. (B9)
-    cache = MNMStepCache(ctrl, iface, io, targets_cache, write, read, out, head, meta_cache)
-    return (y, meta, MNMState(h, c, r, phi)), cache
+    cache = MNMStepCache(ctrl_cache, iface, io, targets_cache, write, read, None, None, meta_cache)
+    return (meta, MNMState(h, c, r, phi)), cache
 
 
 def mnm_step_backward(dy: np.ndarray, dmeta: np.ndarray, dstate: MNMState, cache: MNMStepCache,
@@ -280,13 +289,24 @@ def mnm_step_backward(dy: np.ndarray, dmeta: np.ndarray, dstate: MNMState, cache
     Returns:
         (dx (B, X), dstate at t - 1, grads): grads has this step's parameter gradients by full name.
     """
-    H, X = config.H, config.X
+    H = config.H
     do, dW_head, db_head = linear_backward(dy, cache.head)                           # 6.
     dhr, dW_out, db_out = linear_backward(do, cache.out)
-    dh, dr = dstate.h + dhr[:, :H], dstate.r + dhr[:, H:]
-    dphi_meta, dk_write, dv_write = mnm_recon_backward(dmeta, cache.meta)            # 7.
-    dphi_read, dk_read = mnm_read_backward(dr, cache.read)                           # 5.
-    dphi = tuple(a + b + c for a, b, c in zip(dstate.phi, dphi_meta, dphi_read))    # everything on phi_t
+    dx, dstate_prev, grads = _recurrent_step_backward(dhr[:, :H], dhr[:, H:], dmeta, dstate, cache, config)
+    grads.update({"out.W": dW_out, "out.b": db_out, "head.W": dW_head, "head.b": db_head})
+    return dx, dstate_prev, grads
+
+
+def _recurrent_step_backward(dh_out: np.ndarray, dr_out: np.ndarray, dmeta: np.ndarray, dstate: MNMState,
+                             cache: MNMStepCache, config: MNMConfig):
+    """Adjoint of _recurrent_step. dh_out (B, H), dr_out (B, d): this step's gradients w.r.t. h_t and
+    v^r_t from the output layers (B8). Returns (dx, dstate at t - 1, grads) like mnm_step_backward,
+    without the output layers' parameters."""
+    dh, dr = dstate.h + dh_out, dstate.r + dr_out
+    dphi_read_meta, dk_read, dk_write, dv_write = mnm_read_recon_backward(dr, cache.read, dmeta, cache.meta)  # 5., 7.
+    dphi = dphi_read_meta                                                           # everything on phi_t,
+    for dW, carried in zip(dphi, dstate.phi):                                       # added in place into the
+        dW += carried                                                               # read/meta's new arrays
     grads = {}
     if config.writer == "grad":                                                      # 4.
         dphi_prev, dk_w, dv_w, dbeta = mnm_write_grad_backward(dphi, cache.write)
@@ -298,19 +318,22 @@ def mnm_step_backward(dy: np.ndarray, dmeta: np.ndarray, dstate: MNMState, cache
     du, dh_prev, dc_prev, ctrl_grads = lstm_step_backward(dh + dh_iface, dstate.c, cache.ctrl)  # 1.
     grads.update(iface_grads)
     grads.update(with_prefix("ctrl", ctrl_grads))
-    grads.update({"out.W": dW_out, "out.b": db_out, "head.W": dW_head, "head.b": db_head})
+    X = config.X
     return du[:, :X], MNMState(dh_prev, dc_prev, du[:, X:], dphi_prev), grads
 
 
 # ----------------------------------------------------------------- a sequence
 class MNMCache(NamedTuple):
-    """Everything mnm_backward needs, the final state, and per-step values for plotting."""
+    """Everything mnm_backward needs, the final state, and per-step values for plotting. The steps'
+    own out and head caches are None: the output layers ran once over the whole sequence."""
     config: MNMConfig
     shapes: dict         # parameter name -> shape, in the order of model.params
     xs: np.ndarray       # (T', B, X) the inputs actually run (with the extra zero step if any)
     steps: list          # T' MNMStepCache
     initial: bool        # whether the run started from phi_0 (mem0 gets a gradient with learn_init)
     final_state: MNMState
+    out: object = None   # LinearCache of eq. (B8) over all steps, [h_t ; v^r_t] (T', B, H + d) -> o_t
+    head: object = None  # LinearCache of the head over all steps, o_t (T', B, H) -> y_t
 
     def internals(self) -> dict[str, np.ndarray]:
         """Per-step values stacked over time: beta (T', B), read_outs (T', B, d), keys_write,
@@ -359,14 +382,20 @@ def mnm_forward(xs: np.ndarray, params: Mapping[str, np.ndarray], config: MNMCon
         state = _initial_state(params, config, _check_mem0(mem0, config, dtype), B, dtype)
     else:
         state = _check_state(state, config, B, dtype)
-    ys = np.empty((T, B, config.Y), dtype=dtype)
+    H = config.H
     meta = np.empty((T, B), dtype=dtype)
+    hr = np.empty((T, B, H + config.d), dtype=dtype)                # [h_t ; v^r_t], the input of eq. (B8)
+    ctrl = strip_prefix("ctrl", params)
     steps = []
     for t in range(T):
-        (ys[t], meta[t], state), step = mnm_step_forward(xs[t], state, params, config)
+        (meta[t], state), step = _recurrent_step(xs[t], state, params, ctrl, config)
+        hr[t, :, :H], hr[t, :, H:] = state.h, state.r
         steps.append(step)
+    # 6. eq. (B8) for every step in one product each: the outputs do not feed back.
+    o, out = linear_forward(hr, params["out.W"], params["out.b"])                   # (T, B, H)
+    ys, head = linear_forward(o, params["head.W"], params["head.b"])                # (T, B, Y)
     shapes = {name: np.shape(p) for name, p in params.items()}
-    return (ys, meta), MNMCache(config, shapes, xs, steps, initial, state)
+    return (ys, meta), MNMCache(config, shapes, xs, steps, initial, state, out, head)
 
 
 def _cut(t: int, config: MNMConfig) -> bool:
@@ -396,11 +425,17 @@ def mnm_backward(doutputs, cache: MNMCache, dstate: MNMState | None = None):
         raise ValueError(f"doutputs must have shapes (T, B, Y) = {(T, B, config.Y)} and (T, B) = {(T, B)}; "
                          f"got {dys.shape} and {dmeta.shape}")
     dtype = cache.xs.dtype
+    dys, dmeta = dys.astype(dtype, copy=False), dmeta.astype(dtype, copy=False)   # computed in the model's dtype
     dstate = _zero_state(config, B, dtype) if dstate is None else _check_state(dstate, config, B, dtype, "dstate")
     grads = {name: np.zeros(shape, dtype=dtype) for name, shape in cache.shapes.items()}
+    # 6. eq. (B8) backwards for every step at once (the weights' gradients are summed over all steps).
+    do, grads["head.W"], grads["head.b"] = linear_backward(dys, cache.head)         # (T, B, H)
+    dhr, grads["out.W"], grads["out.b"] = linear_backward(do, cache.out)            # (T, B, H + d)
+    H = config.H
     dxs = np.empty_like(cache.xs)
     for t in reversed(range(T)):
-        dxs[t], dstate, step_grads = mnm_step_backward(dys[t], dmeta[t], dstate, steps[t], config)
+        dxs[t], dstate, step_grads = _recurrent_step_backward(dhr[t, :, :H], dhr[t, :, H:], dmeta[t], dstate,
+                                                              steps[t], config)
         for name, value in step_grads.items():
             grads[name] += value                                    # the weights are shared by every step
         if _cut(t, config):

@@ -28,6 +28,7 @@ Pairs (`<thing>_forward -> (out, cache)`, `<thing>_backward(dout, cache)`) and a
     mnm_write_grad    (B5) MNM-g; its backward is exact to second order
     mnm_write_local   (B6) MNM-p; first order is exact (no derivative inside the rule)
     mnm_read          (B7)
+    mnm_read_recon_backward  the adjoints of a read and L^meta through the same weights, as one pass
 """
 
 from __future__ import annotations
@@ -77,7 +78,28 @@ def _check_beta(beta, B: int) -> None:
 
 def _T(x: np.ndarray) -> np.ndarray:
     """Swap the last two axes (a batched transpose)."""
-    return np.swapaxes(x, -1, -2)
+    return x.swapaxes(-1, -2)
+
+
+def _minus_outer(W: np.ndarray, D: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """W - D^T Z per batch element ((B, p, q), (B, Nh, p), (B, Nh, q)) as one new array: the
+    product is overwritten by the result, so no second (B, p, q) array is allocated (at these sizes
+    a fresh array's pages cost about as much as the arithmetic)."""
+    new = _outer(D, Z)
+    np.subtract(W, new, out=new)
+    return new
+
+
+def _outer(D: np.ndarray, Z: np.ndarray) -> np.ndarray:
+    """D^T Z per batch element, summed over the heads: (B, Nh, p), (B, Nh, q) -> (B, p, q).
+
+    This is _T(D) @ Z. With one head the inner dimension is 1, and np.matmul then runs a generic
+    loop that is about 4x slower than np.einsum at B = 32, p = q = 32; the single product per
+    entry is the same, so both give identical numbers.
+    """
+    if D.shape[1] == 1:
+        return np.einsum("bni,bnj->bij", D, Z)
+    return _T(D) @ Z
 
 
 # ----------------------------------------------------------------- the network, eq. (B4)
@@ -96,6 +118,11 @@ def mnm_mem_forward(weights: Sequence[np.ndarray], keys: np.ndarray):
         Z_L = f_phi(keys): (B, Nh, n_L), and the cache for mnm_mem_backward (all Z_l).
     """
     check_memory(weights, keys)
+    return _mem_forward(weights, keys)
+
+
+def _mem_forward(weights: Sequence[np.ndarray], keys: np.ndarray):
+    """mnm_mem_forward without the shape check, for callers that have already made it."""
     Zs = [keys]
     L = len(weights)
     for l, W in enumerate(weights, start=1):
@@ -111,7 +138,7 @@ def _tanh_derivatives(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def mnm_mem_backward(dZs: Sequence[np.ndarray | None], cache: MemCache,
-                     dAs: Sequence[np.ndarray | None] | None = None):
+                     dAs: Sequence[np.ndarray | None] | None = None, extra: Sequence | None = None):
     """Adjoint of eq. (B4) with gradients arriving at every layer.
 
     Args:
@@ -119,6 +146,9 @@ def mnm_mem_backward(dZs: Sequence[np.ndarray | None], cache: MemCache,
             A plain read passes (None, ..., None, dZ_L).
         cache: from mnm_mem_forward.
         dAs: optionally L extra gradients w.r.t. the pre-activations A_l (the MNM-g adjoint has them).
+        extra: optionally L entries (D, Z) or None: D^T Z (D (B, K, n_l), Z (B, K, n_{l-1})) is
+            added to the gradient of W_l, in the same product as the layer's own dA_l^T Z_{l-1}
+            (the factors are stacked along the heads axis).
     Returns:
         (dweights, dkeys): a tuple of L arrays (B, n_l, n_{l-1}) and (B, Nh, d).
     """
@@ -133,7 +163,11 @@ def mnm_mem_backward(dZs: Sequence[np.ndarray | None], cache: MemCache,
         dA = dZ if l == L else dZ * (1.0 - Zs[l] * Zs[l])           # (B, Nh, n_l)
         if dAs is not None and dAs[l - 1] is not None:
             dA = dA + dAs[l - 1]
-        dweights[l - 1] = _T(dA) @ Zs[l - 1]                        # (B, n_l, n_{l-1})
+        if extra is not None and extra[l - 1] is not None:
+            D, Z = extra[l - 1]
+            dweights[l - 1] = _outer(np.concatenate([dA, D], axis=1), np.concatenate([Zs[l - 1], Z], axis=1))
+        else:
+            dweights[l - 1] = _outer(dA, Zs[l - 1])                  # (B, n_l, n_{l-1})
         dZ = dA @ weights[l - 1]                                    # (B, Nh, n_{l-1})
         if l > 1 and dZs[l - 2] is not None:
             dZ = dZ + dZs[l - 2]
@@ -170,7 +204,7 @@ def mnm_recon_forward(weights: Sequence[np.ndarray], keys: np.ndarray, values: n
     B, Nh = check_memory(weights, keys)
     d = np.shape(weights[-1])[1]
     _check_like("values", values, (B, Nh, d))
-    out, mem = mnm_mem_forward(weights, keys)
+    out, mem = _mem_forward(weights, keys)                          # checked above
     error = out - values                                            # (B, Nh, d)
     c = 1.0 / (Nh * d)
     return c * np.sum(error * error, axis=(1, 2)), ReconCache(mem, error, c)
@@ -211,18 +245,25 @@ def mnm_inner_grad_forward(weights: Sequence[np.ndarray], keys: np.ndarray, valu
     Returns:
         g: a tuple of L arrays (B, n_l, n_{l-1}) (each batch element's own gradient), and the cache.
     """
+    cache = _inner_grad_deltas(weights, keys, values)
+    Zs, deltas = cache.mem.Zs, cache.deltas
+    g = tuple(_outer(deltas[l], Zs[l]) for l in range(len(weights)))   # (B, n_l, n_{l-1})
+    return g, cache
+
+
+def _inner_grad_deltas(weights: Sequence[np.ndarray], keys: np.ndarray, values: np.ndarray) -> InnerGradCache:
+    """The Delta recursion of mnm_inner_grad_forward (checked inputs), without forming g."""
     B, Nh = check_memory(weights, keys)
     d = np.shape(weights[-1])[1]
     _check_like("values", values, (B, Nh, d))
-    out, mem = mnm_mem_forward(weights, keys)
+    out, mem = _mem_forward(weights, keys)                          # checked above
     L, Zs, c = len(weights), mem.Zs, 1.0 / (Nh * d)
     error = out - values                                            # (B, Nh, d)
     deltas = [None] * L
     deltas[L - 1] = 2.0 * c * error                                 # the output layer is linear
     for l in range(L - 1, 0, -1):                                   # l = L-1 .. 1
         deltas[l - 1] = (deltas[l] @ weights[l]) * (1.0 - Zs[l] * Zs[l])   # (B, Nh, n_l)
-    g = tuple(_T(deltas[l]) @ Zs[l] for l in range(L))              # (B, n_l, n_{l-1})
-    return g, InnerGradCache(mem, error, deltas, c)
+    return InnerGradCache(mem, error, deltas, c)
 
 
 def mnm_inner_grad_backward(dg: Sequence[np.ndarray], cache: InnerGradCache):
@@ -239,7 +280,7 @@ def mnm_inner_grad_backward(dg: Sequence[np.ndarray], cache: InnerGradCache):
     ddeltas = [np.zeros_like(delta) for delta in deltas]            # (B, Nh, n_l)
     dZs = [None] * L                                                # w.r.t. Z_1 .. Z_L
     dAs = [None] * L
-    dweights_delta = [None] * L                                     # from W_{l+1} inside Delta_l
+    from_deltas = [None] * L                                        # W_{l+1} inside Delta_l: (Delta_{l+1}, dQ_l)
     dkeys = np.zeros_like(Zs[0])
     for l in range(1, L + 1):                                       # l = 1 .. L
         G = dg[l - 1]                                               # (B, n_l, n_{l-1})
@@ -255,13 +296,12 @@ def mnm_inner_grad_backward(dg: Sequence[np.ndarray], cache: InnerGradCache):
             dQ = ddeltas[l - 1] * s1
             dAs[l - 1] = ddeltas[l - 1] * Q * s2
             ddeltas[l] = ddeltas[l] + dQ @ _T(weights[l])           # (B, Nh, n_{l+1})
-            dweights_delta[l] = _T(deltas[l]) @ dQ                  # (B, n_{l+1}, n_l)
+            from_deltas[l] = (deltas[l], dQ)                        # dW_{l+1} += Delta_{l+1}^T dQ_l
         else:                                                       # Delta_L = 2c (Z_L - V), linear
             derror = 2.0 * c * ddeltas[L - 1]                       # (B, Nh, d)
             dZs[L - 1] = derror if dZs[L - 1] is None else dZs[L - 1] + derror
             dvalues = -derror
-    dweights, dkeys_fwd = mnm_mem_backward(dZs, mem, dAs)
-    dweights = tuple(dw if extra is None else dw + extra for dw, extra in zip(dweights, dweights_delta))
+    dweights, dkeys_fwd = mnm_mem_backward(dZs, mem, dAs, extra=from_deltas)
     return dweights, dkeys + dkeys_fwd, dvalues
 
 
@@ -308,8 +348,7 @@ def mnm_inner_grad_autodiff(weights: Sequence, keys, values, method: str = "tape
 
 # ----------------------------------------------------------------- MNM-g writer, eq. (B5)
 class WriteGradCache(NamedTuple):
-    inner: InnerGradCache
-    g: tuple             # L arrays (B, n_l, n_{l-1})
+    inner: InnerGradCache  # g_l = Delta_l^T Z_{l-1} is never stored: the backward needs only Delta_l, Z_l
     beta: np.ndarray     # (B,)
 
 
@@ -323,10 +362,13 @@ def mnm_write_grad_forward(weights: Sequence[np.ndarray], keys: np.ndarray, valu
     Returns:
         phi_t (a tuple shaped like weights), and the cache for mnm_write_grad_backward.
     """
-    g, inner = mnm_inner_grad_forward(weights, keys, values)
+    inner = _inner_grad_deltas(weights, keys, values)
     _check_beta(beta, np.shape(keys)[0])
     b = beta[:, None, None]
-    return tuple(W - b * gl for W, gl in zip(weights, g)), WriteGradCache(inner, g, beta)
+    Zs, deltas = inner.mem.Zs, inner.deltas
+    # W_l - beta g_l = W_l - (beta Delta_l)^T Z_{l-1}: beta scales the small Delta_l (B, Nh, n_l)
+    new = tuple(_minus_outer(W, b * delta, Z) for W, delta, Z in zip(weights, deltas, Zs))
+    return new, WriteGradCache(inner, beta)
 
 
 def mnm_write_grad_backward(dnew: Sequence[np.ndarray], cache: WriteGradCache):
@@ -338,12 +380,19 @@ def mnm_write_grad_backward(dnew: Sequence[np.ndarray], cache: WriteGradCache):
     Returns:
         (dweights, dkeys, dvalues, dbeta (B,)).
     """
-    inner, g, beta = cache
-    b = beta[:, None, None]
-    dbeta = -sum(np.sum(G * gl, axis=(1, 2)) for G, gl in zip(dnew, g))          # (B,)
-    dweights_inner, dkeys, dvalues = mnm_inner_grad_backward([-b * G for G in dnew], inner)
-    dweights = tuple(G + dw for G, dw in zip(dnew, dweights_inner))
-    return dweights, dkeys, dvalues, dbeta
+    inner, beta = cache
+    Zs = inner.mem.Zs
+    # dbeta = -<G, g> = -sum_l sum_n (Delta_l G_l)_n . z_{l-1,n}: from the small (B, Nh, n_{l-1})
+    # products Delta_l G_l instead of g_l, which the forward never forms.
+    dbeta = -sum(np.sum((delta @ G) * Z, axis=(1, 2)) for G, delta, Z in zip(dnew, inner.deltas, Zs))   # (B,)
+    # ADJ is linear in its argument and acts on each batch element separately, so ADJ(-beta G) =
+    # -beta ADJ(G): the factor goes on ADJ's new arrays in place instead of a scaled copy of G.
+    dweights, dkeys, dvalues = mnm_inner_grad_backward(dnew, inner)
+    s = -beta[:, None, None]
+    for dw, G in zip(dweights, dnew):
+        dw *= s
+        dw += G                                                     # dphi_{t-1} = G + ADJ(-beta G)
+    return dweights, dkeys * s, dvalues * s, dbeta
 
 
 def mnm_write_grad_autodiff(weights: Sequence, keys, values, beta, method: str = "tape") -> tuple:
@@ -358,7 +407,6 @@ def mnm_write_grad_autodiff(weights: Sequence, keys, values, beta, method: str =
 class WriteLocalCache(NamedTuple):
     mem: MemCache        # the write keys through phi_{t-1}
     diffs: list          # L arrays (B, Nh, n_l): D_l = Z_l - Z'_l
-    updates: list        # L arrays (B, n_l, n_{l-1}): U_l = D_l^T Z_{l-1}
     rates: list          # L floats 2 / (Nh n_l)
     beta: np.ndarray     # (B,)
 
@@ -388,13 +436,14 @@ def mnm_write_local_forward(weights: Sequence[np.ndarray], keys: np.ndarray, tar
     for l, (Tl, W) in enumerate(zip(targets, weights), start=1):
         _check_like(f"targets[{l - 1}] (Z'_{l})", Tl, (B, Nh, np.shape(W)[1]))
     _check_beta(beta, B)
-    _, mem = mnm_mem_forward(weights, keys)
+    _, mem = _mem_forward(weights, keys)                            # checked above
     Zs, b = mem.Zs, beta[:, None, None]
     diffs = [Zs[l] - targets[l - 1] for l in range(1, L + 1)]       # (B, Nh, n_l)
-    updates = [_T(diffs[l - 1]) @ Zs[l - 1] for l in range(1, L + 1)]   # (B, n_l, n_{l-1})
     rates = [2.0 / (Nh * np.shape(W)[1]) for W in weights]
-    new = tuple(W - b * r * U for W, r, U in zip(weights, rates, updates))
-    return new, WriteLocalCache(mem, diffs, updates, rates, beta)
+    # W_l - beta r_l U_l with U_l = D_l^T Z_{l-1}: the factor scales the small D_l (B, Nh, n_l), and
+    # U_l is never stored (the backward needs only D_l and Z_l).
+    new = tuple(_minus_outer(W, (b * r) * D, Z) for W, r, D, Z in zip(weights, rates, diffs, Zs))
+    return new, WriteLocalCache(mem, diffs, rates, beta)
 
 
 def mnm_write_local_backward(dnew: Sequence[np.ndarray], cache: WriteLocalCache):
@@ -407,17 +456,21 @@ def mnm_write_local_backward(dnew: Sequence[np.ndarray], cache: WriteLocalCache)
     then the accumulated dZ_l go back through the forward pass of the keys (mnm_mem_backward).
     Returns (dweights, dkeys, dtargets (a tuple of L arrays (B, Nh, n_l)), dbeta (B,)).
     """
-    mem, diffs, updates, rates, beta = cache
+    mem, diffs, rates, beta = cache
     Zs, L = mem.Zs, len(mem.weights)
     b = beta[:, None, None]
-    dbeta = -sum(r * np.sum(G * U, axis=(1, 2)) for G, U, r in zip(dnew, updates, rates))   # (B,)
+    dbeta = np.zeros_like(beta)                                     # (B,)
     dZs = [None] * L                                                # w.r.t. Z_1 .. Z_L
     dtargets = [None] * L
     dkeys = np.zeros_like(Zs[0])
     for l in range(1, L + 1):
-        dU = -b * rates[l - 1] * dnew[l - 1]                        # (B, n_l, n_{l-1})
-        dD = Zs[l - 1] @ _T(dU)                                     # (B, Nh, n_l)
-        dZ_prev = diffs[l - 1] @ dU                                 # (B, Nh, n_{l-1})
+        DG = diffs[l - 1] @ dnew[l - 1]                             # (B, Nh, n_{l-1}) D_l G_l
+        dbeta -= rates[l - 1] * np.sum(DG * Zs[l - 1], axis=(1, 2))   # <G_l, U_l> = sum_n (D_l G_l)_n . z_{l-1,n}
+        # dU = -beta r_l G_l; both products are linear in dU, so the factor -beta r_l scales
+        # their small (B, Nh, .) results instead of the (B, n_l, n_{l-1}) matrix G_l.
+        scale = -b * rates[l - 1]                                   # (B, 1, 1)
+        dD = (Zs[l - 1] @ _T(dnew[l - 1])) * scale                  # (B, Nh, n_l)
+        dZ_prev = DG * scale                                        # (B, Nh, n_{l-1})
         if l == 1:
             dkeys = dkeys + dZ_prev
         else:
@@ -425,7 +478,8 @@ def mnm_write_local_backward(dnew: Sequence[np.ndarray], cache: WriteLocalCache)
         dZs[l - 1] = dD if dZs[l - 1] is None else dZs[l - 1] + dD
         dtargets[l - 1] = -dD
     dweights, dkeys_fwd = mnm_mem_backward(dZs, mem)
-    dweights = tuple(G + dw for G, dw in zip(dnew, dweights))
+    for dw, G in zip(dweights, dnew):
+        dw += G                                                     # dW_l,t-1 += G_l, in place (a new array)
     return dweights, dkeys + dkeys_fwd, tuple(dtargets), dbeta
 
 
@@ -464,6 +518,26 @@ def mnm_read_backward(dread: np.ndarray, cache: MemCache):
     Nh = cache.Zs[0].shape[1]
     dout = np.repeat(dread[:, None, :] / Nh, Nh, axis=1)            # (B, Nh, d)
     return mnm_mem_backward([None] * (len(cache.weights) - 1) + [dout], cache)
+
+
+def mnm_read_recon_backward(dread: np.ndarray, read: MemCache, dloss: np.ndarray, recon: ReconCache):
+    """mnm_read_backward and mnm_recon_backward together, for a read and a reconstruction loss
+    through the same weights (a step's read (B7) and its L^meta (B9) both see phi_t).
+
+    The two passes differ only in their keys, so one backward pass over the stacked keys
+    [k^r ; k^w] (B, 2 Nh, d) gives both: its weight gradient per layer is one product, the sum of
+    the two passes' gradients (equal up to round-off).
+    Returns (dweights, dread_keys (B, Nh, d), dkeys (B, Nh, d), dvalues (B, Nh, d)).
+    """
+    if len(read.weights) != len(recon.mem.weights) or any(a is not b for a, b in zip(read.weights, recon.mem.weights)):
+        raise ValueError("the read and the reconstruction loss must go through the same weight arrays")
+    Nh = read.Zs[0].shape[1]
+    dout = np.repeat(dread[:, None, :] / Nh, Nh, axis=1)            # (B, Nh, d), eq. (B7)
+    derror = 2.0 * recon.c * dloss[:, None, None] * recon.error     # (B, Nh, d), eq. (B9)
+    stacked = MemCache(read.weights, [np.concatenate([a, b], axis=1) for a, b in zip(read.Zs, recon.mem.Zs)])
+    dZ_out = np.concatenate([dout, derror], axis=1)                 # (B, 2 Nh, d)
+    dweights, dkeys = mnm_mem_backward([None] * (len(read.weights) - 1) + [dZ_out], stacked)
+    return dweights, dkeys[:, :Nh], dkeys[:, Nh:], -derror
 
 
 def mnm_read_autodiff(weights: Sequence, keys) -> ad.Tensor:
