@@ -83,8 +83,21 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Softmax over a short last axis (the 4 moves); the max and the sum go column by column."""
+    top = z[..., 0]
+    for i in range(1, z.shape[-1]):                                  # z.max(-1), column by column
+        top = np.maximum(top, z[..., i])
+    e = np.exp(z - top[..., None])
+    return e / _sum_last(e)[..., None]
+
+
+def _sum_last(x: np.ndarray) -> np.ndarray:
+    """x.sum(axis=-1) for a short last axis (the 4 moves), column by column: the same numbers,
+    ~3x faster than numpy's reduction along a 4-long axis."""
+    total = x[..., 0].copy()
+    for i in range(1, x.shape[-1]):
+        total += x[..., i]
+    return total
 
 
 # ----------------------------------------------------------------- head moves, (TM-8)-(TM-9)
@@ -96,6 +109,12 @@ def shift_next(psi: np.ndarray) -> np.ndarray:
 def shift_prev(psi: np.ndarray) -> np.ndarray:
     """S- psi: (S- psi)[l] = psi[(l + 1) mod L], mass moves one cell back. Its adjoint is S+."""
     return np.concatenate([psi[..., 1:], psi[..., :1]], axis=-1)     # np.roll(psi, -1, -1)
+
+
+def _wrapped(psi: np.ndarray) -> np.ndarray:
+    """The circular tape padded by one cell on each side, (..., L + 2): its windows [:-2] and [2:]
+    are S+ psi and S- psi, both shifts from one copy."""
+    return np.concatenate([psi[..., -1:], psi, psi[..., :1]], axis=-1)
 
 
 class MoveCache(NamedTuple):
@@ -114,20 +133,40 @@ def move_forward(psi: np.ndarray, weights: np.ndarray, j: np.ndarray) -> tuple[n
     Returns:
         the new position (B, P, L), and the cache for move_backward.
     """
-    w = weights[..., None]                                           # (B, P, 4, 1)
-    new = w[..., 0, :] * shift_prev(psi) + w[..., 1, :] * psi + w[..., 2, :] * shift_next(psi) + w[..., 3, :] * j
-    return new, MoveCache(psi, weights, j)
+    w, wrapped = weights[..., None], _wrapped(psi)                   # (B, P, 4, 1), (B, P, L + 2)
+    new = w[..., 0, :] * wrapped[..., 2:] + w[..., 1, :] * psi + w[..., 2, :] * wrapped[..., :-2] + w[..., 3, :] * j
+    return new, MoveCache(psi, weights, j)                           # S- psi, psi, S+ psi, j
 
 
 def move_backward(dnew: np.ndarray, cache: MoveCache) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Adjoint of move_forward (the roll's adjoint is the opposite roll, spec A3.4). Returns
     (dpsi (B, P, L), dweights (B, P, 4), dj (B, P, L))."""
     psi, weights, j = cache
-    w = weights[..., None]
-    dpsi = w[..., 0, :] * shift_next(dnew) + w[..., 1, :] * dnew + w[..., 2, :] * shift_prev(dnew)
-    candidates = np.stack([shift_prev(psi), psi, shift_next(psi), np.broadcast_to(j, psi.shape)], axis=-2)
-    dweights = (candidates * dnew[..., None, :]).sum(axis=-1)       # (B, P, 4, L) -> (B, P, 4)
-    return dpsi, dweights, w[..., 3, :] * dnew
+    return _move_psi_backward(dnew, weights), _move_weights_backward(psi, j, dnew), weights[..., 3, None] * dnew
+
+
+def _move_psi_backward(dnew: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """dpsi of move_forward: w_0 S+ dnew + w_1 dnew + w_2 S- dnew (S-^T = S+), any leading axes."""
+    w, wrapped = weights[..., None], _wrapped(dnew)
+    return w[..., 0, :] * wrapped[..., :-2] + w[..., 1, :] * dnew + w[..., 2, :] * wrapped[..., 2:]
+
+
+def _move_weights_backward(psi: np.ndarray, j: np.ndarray, dnew: np.ndarray) -> np.ndarray:
+    """dweights of move_forward, (..., 4): the cell sums <S- psi, dnew>, <psi, dnew>, <S+ psi, dnew>,
+    <j, dnew>, the shifted ones on slices (no shifted copy). Any leading axes (j broadcasts):
+    nam_tm_backward takes it once for every step and both heads after its loop, as nothing inside
+    the loop needs it."""
+    dweights = np.empty(dnew.shape[:-1] + (4,), dtype=np.result_type(psi, j, dnew))
+    dweights[..., 0] = _dot(psi[..., 1:], dnew[..., :-1]) + psi[..., 0] * dnew[..., -1]    # (S- psi)[l] = psi[l + 1]
+    dweights[..., 1] = _dot(psi, dnew)
+    dweights[..., 2] = _dot(psi[..., :-1], dnew[..., 1:]) + psi[..., -1] * dnew[..., 0]    # (S+ psi)[l] = psi[l - 1]
+    dweights[..., 3] = _dot(j, dnew)
+    return dweights
+
+
+def _dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Inner products over the last axis, broadcasting the others, without an (..., L) product."""
+    return np.einsum("...l,...l->...", x, y)
 
 
 def move_autodiff(psi, weights, j) -> ad.Tensor:
@@ -178,24 +217,26 @@ def tape_step_forward(state: TapeState, controls: TapeControls) -> tuple[tuple[n
     Returns:
         (o, new_state): o (B, P, C) the reads, and the cache for tape_step_backward.
     """
-    return _tape_step(state, controls, checked=False)
+    heads = np.stack([state.pos_r, state.pos_w], axis=-2)                         # (B, P, 2, L)
+    moves = np.stack([controls.rho, controls.omega], axis=-2)                     # (B, P, 2, 4)
+    o, Phi_new, Psi_new, heads_new, cache = _step(state.Phi, state.Psi, heads, moves, *controls[2:], checked=False)
+    return (o, TapeState(Phi_new, Psi_new, heads_new[..., 0, :], heads_new[..., 1, :])), cache
 
 
-def _tape_step(state: TapeState, controls: TapeControls, checked: bool):
-    """tape_step_forward; checked=True skips the NAM operations' input checks (nam_tm_forward made
-    every array itself, with the right shapes and dtypes)."""
-    Phi, Psi, pos_r, pos_w = state
-    rho, omega, p_r, p_w, p_e, v, k, q = controls
+def _step(Phi, Psi, heads, moves, p_r, p_w, p_e, v, k, q, checked: bool):
+    """tape_step_forward with both heads in one array, as nam_tm_forward keeps them: heads
+    (B, P, 2, L) = [psi_r, psi_w] and moves (B, P, 2, 4) = [rho, omega] (the order of the action
+    columns). Returns (o, Phi_new, Psi_new, heads_new, cache). checked=True skips the NAM operations'
+    input checks (nam_tm_forward made every array itself, with the right shapes and dtypes)."""
     write, read_ = (_write_forward, _read_forward) if checked else (nam_write_forward, nam_read_forward)
+    pos_r, pos_w = heads[..., 0, :], heads[..., 1, :]
     Phi_new, value_write = write(Phi, pos_w, v, p_w, p_e)                         # (TM-1)-(TM-3)
     o, read = read_(Phi_new, pos_r, p_r)                                          # (TM-1), (TM-4)
     Psi_new, key_write = write(Psi, k, pos_w, p_w, p_e, normalize=False)          # (TM-5)-(TM-6)
     j, jump = read_(Psi_new, q, np.ones_like(p_r), normalize=False)               # (TM-7), (B, P, L)
-    moved, _ = move_forward(np.stack([pos_w, pos_r], axis=-2),                    # (TM-8), (TM-9) as one
-                            np.stack([omega, rho], axis=-2), j[..., None, :])      # (B, P, 2, L) move
-    pos_w_new, pos_r_new = moved[..., 0, :], moved[..., 1, :]
-    return (o, TapeState(Phi_new, Psi_new, pos_r_new, pos_w_new)), TapeStepCache(
-        value_write, read, key_write, jump, MoveCache(pos_w, omega, j), MoveCache(pos_r, rho, j))
+    heads_new, _ = move_forward(heads, moves, j[..., None, :])                    # (TM-8), (TM-9) as one move
+    return o, Phi_new, Psi_new, heads_new, TapeStepCache(
+        value_write, read, key_write, jump, MoveCache(pos_w, moves[..., 1, :], j), MoveCache(pos_r, moves[..., 0, :], j))
 
 
 def tape_step_backward(do: np.ndarray, dstate: TapeState, cache: TapeStepCache) -> tuple[TapeState, TapeControls]:
@@ -207,23 +248,35 @@ def tape_step_backward(do: np.ndarray, dstate: TapeState, cache: TapeStepCache) 
     TM-4); j feeds both moves (spec A3.4).
     """
     dPhi_new, dPsi_new, dpos_r_new, dpos_w_new = dstate
-    value_write, read, key_write, jump, move_w, move_r = cache
-    for name, g, like in (("do", do, read.M.shape[:-1]), ("dstate.Phi", dPhi_new, read.M.shape),
-                          ("dstate.Psi", dPsi_new, jump.M.shape)):
+    for name, g, like in (("do", do, cache.read.M.shape[:-1]), ("dstate.Phi", dPhi_new, cache.read.M.shape),
+                          ("dstate.Psi", dPsi_new, cache.jump.M.shape)):
         if np.shape(g) != like:
             raise ValueError(f"{name} must have the forward output's shape {like}; got {np.shape(g)}")
-    dpos, dweights, dj = move_backward(                                           # 9. and 8. as one move
-        np.stack([dpos_w_new, dpos_r_new], axis=-2),
-        MoveCache(np.stack([move_w.psi, move_r.psi], axis=-2), np.stack([move_w.weights, move_r.weights], axis=-2),
-                  move_w.j[..., None, :]))
-    dpos_w, dpos_r, domega, drho = dpos[..., 0, :], dpos[..., 1, :], dweights[..., 0, :], dweights[..., 1, :]
+    dheads_new = np.stack([dpos_r_new, dpos_w_new], axis=-2)                     # (B, P, 2, L)
+    moves = np.stack([cache.move_r.weights, cache.move_w.weights], axis=-2)      # (B, P, 2, 4)
+    dPhi, dPsi, dheads, (dp_r, dp_w, dp_e, dv, dk, dq) = _step_backward(do, dPhi_new, dPsi_new, dheads_new, cache, moves)
+    dmoves = _move_weights_backward(np.stack([cache.move_r.psi, cache.move_w.psi], axis=-2),
+                                    cache.move_r.j[..., None, :], dheads_new)    # (B, P, 2, 4)
+    return (TapeState(dPhi, dPsi, dheads[..., 0, :], dheads[..., 1, :]),
+            TapeControls(dmoves[..., 0, :], dmoves[..., 1, :], dp_r, dp_w, dp_e, dv, dk, dq))
+
+
+def _step_backward(do, dPhi_new, dPsi_new, dheads_new, cache: TapeStepCache, moves):
+    """tape_step_backward on the heads of _step, dheads_new and moves (B, P, 2, .) = [read, write],
+    without the move weights' gradient (_move_weights_backward; nam_tm_backward takes it for all
+    steps at once). Returns (dPhi, dPsi, dheads, (dp_r, dp_w, dp_e, dv, dk, dq))."""
+    value_write, read, key_write, jump, _, _ = cache
+    dheads = _move_psi_backward(dheads_new, moves)                               # 9. and 8. as one move
+    dj = moves[..., 3, None] * dheads_new                                         # (B, P, 2, L), j feeds both
     # each tape is written, then read: one fused adjoint per tape, with the carried dPsi_new / dPhi_new
-    dPsi, dk, dpos_w_value, dp_w_key, dp_e_key, dq, _ = _write_read_backward(dj[..., 1, :] + dj[..., 0, :], dPsi_new,
+    dPsi, dk, dpos_w_value, dp_w_key, dp_e_key, dq, _ = _write_read_backward(dj[..., 0, :] + dj[..., 1, :], dPsi_new,
                                                                              key_write, jump)       # 7., 6.-5.
     dPhi, dpos_w_key, dv, dp_w_value, dp_e_value, dpos_r_read, dp_r = _write_read_backward(
         do, dPhi_new, value_write, read)                                                             # 4., 3.-1.
-    dstate_prev = TapeState(dPhi, dPsi, dpos_r + dpos_r_read, dpos_w + dpos_w_value + dpos_w_key)
-    return dstate_prev, TapeControls(drho, domega, dp_r, dp_w_key + dp_w_value, dp_e_key + dp_e_value, dv, dk, dq)
+    dheads[..., 0, :] += dpos_r_read
+    dheads[..., 1, :] += dpos_w_value
+    dheads[..., 1, :] += dpos_w_key
+    return dPhi, dPsi, dheads, (dp_r, dp_w_key + dp_w_value, dp_e_key + dp_e_value, dv, dk, dq)
 
 
 def tape_step_autodiff(state, controls):
@@ -326,11 +379,14 @@ class NAMTMCache(NamedTuple):
     steps: list              # T TapeStepCache
     output: object           # LinearCache of y
     head: tuple              # (LayerNormCache or None, relu input, LinearCache)
+    moves: np.ndarray        # (T, B, P, 2, 4) [rho, omega], softmaxes of a
+    probs: np.ndarray        # (T, B, P, 3) (p_r, p_w, p_e), sigmoids of a
+    heads: np.ndarray        # (T + 1, B, P, 2, L) [psi_r, psi_w] before each step and after the last
+    jumps: np.ndarray        # (T, B, P, L) each step's jump target j
 
     def positions(self) -> dict[str, np.ndarray]:
         """Head positions before each step, for plots: {"read", "write"} each (T, B, P, L)."""
-        return {"read": np.stack([s.move_r.psi for s in self.steps]),
-                "write": np.stack([s.move_w.psi for s in self.steps])}
+        return {"read": self.heads[:-1, ..., 0, :].copy(), "write": self.heads[:-1, ..., 1, :].copy()}
 
 
 def _check_tokens(tokens, V: int) -> np.ndarray:
@@ -343,12 +399,11 @@ def _check_tokens(tokens, V: int) -> np.ndarray:
     return tokens
 
 
-def _all_controls(a: np.ndarray, v: np.ndarray, k: np.ndarray, q: np.ndarray) -> list[TapeControls]:
-    """Every step's TapeControls from the precomputed action logits a (T, B, P, 11) and v, k, q
-    (T, B, P, C); the softmaxes and sigmoids are taken once over all T."""
-    rho, omega, probs = _softmax(a[..., 0:4]), _softmax(a[..., 4:8]), _sigmoid(a[..., 8:11])
-    return [TapeControls(rho[t], omega[t], probs[t, ..., 0], probs[t, ..., 1], probs[t, ..., 2], v[t], k[t], q[t])
-            for t in range(a.shape[0])]
+def _controls(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The head moves and probabilities of every step from the action logits a (T, B, P, 11), taken
+    once over all T: moves (T, B, P, 2, 4) = [rho, omega] (softmaxes), probs (T, B, P, 3) = (p_r,
+    p_w, p_e) (sigmoids)."""
+    return _softmax(a[..., 0:8].reshape(a.shape[:-1] + (2, 4))), _sigmoid(a[..., 8:11])
 
 
 def nam_tm_forward(tokens: np.ndarray, params: Mapping[str, np.ndarray], config: NAMTMConfig):
@@ -376,10 +431,15 @@ def nam_tm_forward(tokens: np.ndarray, params: Mapping[str, np.ndarray], config:
     q_raw, query_lin = linear_forward(g, params["query.W"], params["query.b"])
     q, query_unit = unit_forward(q_raw.reshape(T, B, P, C))
     v = v.reshape(T, B, P, C)
-    state = initial_tape_state(B, P, C, L, dtype=np.result_type(x, *params.values()))
-    reads, steps = np.empty((T, B, P, C), dtype=state.Phi.dtype), []
-    for t, controls in enumerate(_all_controls(a, v, k, q)):         # 5. the tapes, (TM-1)-(TM-9)
-        (reads[t], state), step = _tape_step(state, controls, checked=True)
+    Phi, Psi, pos_r, pos_w = initial_tape_state(B, P, C, L, dtype=np.result_type(x, *params.values()))
+    moves, probs = _controls(a)                                      # (T, B, P, 2, 4), (T, B, P, 3)
+    heads = np.empty((T + 1, B, P, 2, L), dtype=Phi.dtype)           # [psi_r, psi_w] before each step
+    heads[0, ..., 0, :], heads[0, ..., 1, :] = pos_r, pos_w
+    reads, jumps, steps = np.empty((T, B, P, C), dtype=Phi.dtype), np.empty((T, B, P, L), dtype=Phi.dtype), []
+    for t in range(T):                                               # 5. the tapes, (TM-1)-(TM-9)
+        reads[t], Phi, Psi, heads[t + 1], step = _step(Phi, Psi, heads[t], moves[t], probs[t, ..., 0], probs[t, ..., 1],
+                                                       probs[t, ..., 2], v[t], k[t], q[t], checked=True)
+        jumps[t] = step.move_r.j
         steps.append(step)
     y, output = linear_forward(reads.reshape(T, B, P * C), params["output.W"], params["output.b"])  # 6. (T, B, D)
     head_ln = None
@@ -388,7 +448,8 @@ def nam_tm_forward(tokens: np.ndarray, params: Mapping[str, np.ndarray], config:
     hidden = np.maximum(y, 0.0)                                      # 7. relu, then the classifier
     logits, classifier = linear_forward(hidden, params["classifier.W"], params["classifier.b"])
     return logits, NAMTMCache(config, params, tokens, (embed_lin, embed_ln), controller, a, actions, value,
-                              (key_lin, key_unit), (query_lin, query_unit), steps, output, (head_ln, y, classifier))
+                              (key_lin, key_unit), (query_lin, query_unit), steps, output, (head_ln, y, classifier),
+                              moves, probs, heads, jumps)
 
 
 def nam_tm_backward(dlogits: np.ndarray, cache: NAMTMCache) -> dict[str, np.ndarray]:
@@ -409,20 +470,19 @@ def nam_tm_backward(dlogits: np.ndarray, cache: NAMTMCache) -> dict[str, np.ndar
         dy, grads["head_ln.gain"], grads["head_ln.bias"] = layernorm_backward(dy, head_ln)
     dos, grads["output.W"], grads["output.b"] = linear_backward(dy, cache.output)   # 6.
     dos = dos.reshape(T, B, P, C)
-    dstate = TapeState(*(np.zeros_like(s) for s in initial_tape_state(B, P, C, L, dtype=dos.dtype)))
-    dcontrols = np.zeros(cache.a.shape, dtype=np.result_type(cache.a, dos))   # (T, B, P, 11) d rho | omega | probs
-    dv, dk, dq = (np.zeros((T, B, P, C), dtype=dos.dtype) for _ in range(3))
+    moves, probs = cache.moves, cache.probs                          # (T, B, P, 2, 4), (T, B, P, 3)
+    dPhi, dPsi = np.zeros((B, P, C, L), dtype=dos.dtype), np.zeros((B, P, L, C), dtype=dos.dtype)
+    dheads = np.zeros((B, P, 2, L), dtype=dos.dtype)                 # d [psi_r, psi_w] after step t
+    dheads_after = np.empty((T, B, P, 2, L), dtype=dos.dtype)        # ... kept for the moves' gradient
+    dprobs = np.empty(probs.shape, dtype=np.result_type(probs, dos))  # (T, B, P, 3) d (p_r, p_w, p_e)
+    dv, dk, dq = (np.empty((T, B, P, C), dtype=dos.dtype) for _ in range(3))
     for t in reversed(range(T)):                                     # 5.
-        dstate, dc = tape_step_backward(dos[t], dstate, cache.steps[t])
-        dcontrols[t, ..., 0:4], dcontrols[t, ..., 4:8] = dc.rho, dc.omega
-        dcontrols[t, ..., 8], dcontrols[t, ..., 9], dcontrols[t, ..., 10] = dc.p_r, dc.p_w, dc.p_e
-        dv[t], dk[t], dq[t] = dc.v, dc.k, dc.q
-    a = cache.a                                                      # the forward's controls, recomputed at once
-    rho, omega, probs = _softmax(a[..., 0:4]), _softmax(a[..., 4:8]), _sigmoid(a[..., 8:11])   # (T, B, P, 4|4|3)
-    da = np.empty_like(dcontrols)
-    drho, domega, dprobs = dcontrols[..., 0:4], dcontrols[..., 4:8], dcontrols[..., 8:11]
-    da[..., 0:4] = rho * (drho - np.sum(drho * rho, axis=-1, keepdims=True))                  # softmax
-    da[..., 4:8] = omega * (domega - np.sum(domega * omega, axis=-1, keepdims=True))
+        dheads_after[t] = dheads
+        dPhi, dPsi, dheads, dc = _step_backward(dos[t], dPhi, dPsi, dheads, cache.steps[t], moves[t])
+        dprobs[t, ..., 0], dprobs[t, ..., 1], dprobs[t, ..., 2], dv[t], dk[t], dq[t] = dc
+    dmoves = _move_weights_backward(cache.heads[:-1], cache.jumps[..., None, :], dheads_after)  # (T, B, P, 2, 4)
+    da = np.empty(cache.a.shape, dtype=np.result_type(cache.a, dos))
+    da[..., 0:8] = (moves * (dmoves - _sum_last(dmoves * moves)[..., None])).reshape(T, B, P, 8)   # softmax
     da[..., 8:11] = dprobs * probs * (1.0 - probs)                   # sigmoid
     da = da.astype(cache.a.dtype, copy=False)
     key_lin, key_unit = cache.key                                    # 4.
