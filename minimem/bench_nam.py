@@ -49,13 +49,12 @@ import functools
 import gc
 import math
 import platform
-import tracemalloc
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
-from minimem.bench import time_side_by_side
+from minimem.bench import peak_memory, time_side_by_side
 from minimem.memory.nam_attention import nam_attention_backward, nam_attention_forward
 from minimem.nn.attention import dot_product_attention_backward, dot_product_attention_forward
 
@@ -109,19 +108,6 @@ def _inner(fns: dict, min_call_s: float) -> int:
     return int(min(1000, max(1, math.ceil(min_call_s / max(fastest, 1e-9)))))
 
 
-def peak_bytes(fn: Callable[[], object]) -> int:
-    """tracemalloc's peak during fn(), above the memory traced when it started."""
-    gc.collect()
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        fn()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return peak - base
-
-
 def measure(rounds: int, sizes: Sizes, log=None) -> list[dict]:
     """One dict per length: {"T", "seconds": {name: s}, "bytes": {name: b}, "skipped": {name: why}}."""
     results = []
@@ -132,7 +118,7 @@ def measure(rounds: int, sizes: Sizes, log=None) -> list[dict]:
             entry["skipped"]["softmax"] = (f"needs ~{sizes.softmax_estimate(T) / 1e9:.1f} GB > budget "
                                            f"{sizes.softmax_gb:g} GB")
         for name, fn in fns.items():
-            entry["bytes"][name] = peak_bytes(fn)
+            entry["bytes"][name] = peak_memory(fn)
         entry["seconds"] = time_side_by_side(fns, rounds, inner=_inner(fns, sizes.min_call_s))
         results.append(entry)
         del fns

@@ -337,10 +337,11 @@ def _torch_layer():
         t = torch.tanh(a)
         return t, 1.0 - t * t
 
-    def chunk(M, S, Q, K, V, al, et, th, phi, after):
-        """One chunk: M, S lists of (B, H, n_{l-1}, n_l); Q, K, V (B, H, n, d); gates (B, H, n)."""
+    def surprises(M, K, V, phi):
+        """The inner gradient's factors at weights M for keys K and values V (B, H, n, d): the
+        layer inputs x_l and the backpropagated errors delta_l, so that u = x_l^T delta_l."""
         L = len(M)
-        xs, d1s, z = [], [], K                                   # (A16): surprises at the chunk start
+        xs, d1s, z = [], [], K
         for l, W in enumerate(M):
             xs.append(z)
             a = z @ W
@@ -353,6 +354,11 @@ def _torch_layer():
         deltas[-1] = 2.0 * (z - V)                               # (A9)
         for l in reversed(range(L - 1)):
             deltas[l] = (deltas[l + 1] @ M[l + 1].mT) * d1s[l]   # (A11)
+        return xs, deltas
+
+    def chunk(M, S, Q, K, V, al, et, th, phi, after):
+        """One chunk: M, S lists of (B, H, n_{l-1}, n_l); Q, K, V (B, H, n, d); gates (B, H, n)."""
+        xs, deltas = surprises(M, K, V, phi)                     # (A16): surprises at the chunk start
         PA, PE = decay(1.0 - al), decay(et)                       # (B, H, n+1, n+1)
         LA, LE = PA[..., 1:, 1:], PE[..., 1:, 1:]
         beta, m = PA[..., 1:, 0], (LA @ PE[..., 1:, 0:1])[..., 0]   # (B, H, n)
@@ -367,7 +373,7 @@ def _torch_layer():
         z = Q                                                      # (A15) in dual form
         for l, (W, Sl, x, delta) in enumerate(zip(M, S, xs, deltas)):
             a = cb.unsqueeze(-1) * (z @ W) + cm.unsqueeze(-1) * (z @ Sl) + (C * (z @ x.mT)) @ delta
-            z = act(a, phi)[0] if l < L - 1 else a
+            z = act(a, phi)[0] if l < len(M) - 1 else a
         bn, mn, en = beta[..., -1, None, None], m[..., -1, None, None], PE[..., -1, 0, None, None]
         M_n = [bn * W + mn * Sl + x.mT @ (CM[..., -1, :, None] * delta) for W, Sl, x, delta in zip(M, S, xs, deltas)]
         S_n = [en * Sl + x.mT @ (CS[..., -1, :, None] * delta) for Sl, x, delta in zip(S, xs, deltas)]
@@ -376,26 +382,13 @@ def _torch_layer():
     def token(M, S, q, k, v, A, et, th, phi, after):
         """b = 1, as minimem's token path: q, k, v (B, H, 1, d), gates (B, H, 1, 1); the new
         weights formed directly (A13)-(A14), then read (A15)."""
-        L = len(M)
-        xs, d1s, z = [], [], k
-        for l, W in enumerate(M):
-            xs.append(z)
-            a = z @ W
-            if l < L - 1:
-                z, dphi = act(a, phi)
-                d1s.append(dphi)
-            else:
-                z = a
-        deltas = [None] * L
-        deltas[-1] = 2.0 * (z - v)
-        for l in reversed(range(L - 1)):
-            deltas[l] = (deltas[l + 1] @ M[l + 1].mT) * d1s[l]
+        xs, deltas = surprises(M, k, v, phi)                     # (A12) at M_{t-1}
         S_n = [et * Sl - th * (x.mT @ delta) for Sl, x, delta in zip(S, xs, deltas)]
         M_n = [A * W + Sl for W, Sl in zip(M, S_n)]
         z = q
         for l, W in enumerate(M_n if after else M):
             a = z @ W
-            z = act(a, phi)[0] if l < L - 1 else a
+            z = act(a, phi)[0] if l < len(M) - 1 else a
         return z, M_n, S_n
 
     def l2norm(x, eps):
