@@ -1,7 +1,9 @@
 """The generative-memory benchmark functions run at tiny sizes and return minimem.bench rows (no
 timing checks), and the full size is the demos' configuration. The second half pins the code that
-issue 11 rewrote for speed (VMA/VSM affine and Bernoulli pairs, the one-exp LSTM cell) to plain
-reference formulas, so that a faster version cannot silently change the numbers."""
+issue 11 rewrote for speed (VMA/VSM affine and Bernoulli pairs, the one-exp LSTM cell, the
+finiteness check, the log-sum-exp fast path, the dense log-softmax adjoint, the bincount scatter
+of the VIMCO score terms) to plain reference formulas, so that a faster version cannot silently
+change the numbers."""
 
 import math
 
@@ -10,7 +12,11 @@ import pytest
 
 from minimem import bench
 from minimem.bench_generative import SIZES, benchmarks
-from minimem.memory.vma_bound import bernoulli_log_likelihood_backward, bernoulli_log_likelihood_forward, check_finite
+from minimem.memory.vma import scatter_to_slots
+from minimem.memory.vma_bound import (
+    bernoulli_log_likelihood_backward, bernoulli_log_likelihood_forward, check_finite, log_softmax_backward,
+    log_softmax_forward, logsumexp,
+)
 from minimem.memory.vma_networks import affine_backward, affine_forward
 from minimem.memory.vsm_memory import recall_backward, recall_forward
 from minimem.nn.linear import linear_backward, linear_forward
@@ -69,13 +75,67 @@ def test_bernoulli_pair_on_a_large_broadcast_input():
     np.testing.assert_allclose(prob, 0.5 * (1.0 + np.tanh(0.5 * logit)), rtol=1e-13, atol=1e-15)
 
 
-def test_sum_based_finite_check_raises_exactly_on_nan_and_inf():
-    check_finite("x", np.full(8, 3e38, dtype=np.float32))      # finite entries whose sum overflows: no error
+def test_min_max_finite_check_raises_exactly_on_nan_and_inf():
+    check_finite("x", np.full(8, 3e38, dtype=np.float32))      # finite entries whose sum would overflow: no error
     check_finite("x", np.zeros((2, 3)))
-    bads = (np.array([1.0, np.nan]), np.array([np.inf, 1.0]), np.array([-np.inf, np.inf]), np.array([np.nan], np.float32))
+    check_finite("x", np.zeros((0, 3)))                         # empty: nothing to check (shape errors come later)
+    bads = (np.array([1.0, np.nan]), np.array([np.inf, 1.0]), np.array([-np.inf, np.inf]), np.array([np.nan], np.float32),
+            np.array([[2.0, np.nan, -1.0]]), np.array([-np.inf, -3.0]))
     for bad in bads:
         with pytest.raises(ValueError, match="x must be finite"):
             check_finite("x", bad)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bernoulli_mean_keeps_its_relative_precision_far_in_the_tail(dtype):
+    """sigmoid(t) for t < 0 is e/(1+e) itself, never 1 - (something near 1): tiny means stay exact
+    relative to the logistic, and t = 0 gives 0.5 exactly."""
+    t = np.array([[-80.0, -30.0, -5.0, -1e-3, 0.0, 1e-3, 5.0, 30.0, 80.0]], dtype=dtype)
+    _, (_, prob) = bernoulli_log_likelihood_forward(np.zeros_like(t), t)
+    t64 = t.astype(np.float64)
+    reference = np.where(t64 < 0, np.exp(t64) / (1.0 + np.exp(t64)), 1.0 / (1.0 + np.exp(-t64)))
+    assert prob.dtype == np.dtype(dtype) and prob[0, 4] == 0.5
+    np.testing.assert_allclose(prob, reference, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+def test_logsumexp_fast_path_and_infinite_rows():
+    rng = np.random.default_rng(6)
+    v = 30 * rng.standard_normal((5, 7))
+    reference = np.log(np.sum(np.exp(v - v.max(axis=1, keepdims=True)), axis=1)) + v.max(axis=1)
+    np.testing.assert_allclose(logsumexp(v, axis=1), reference, rtol=1e-15, atol=1e-13)
+    np.testing.assert_allclose(logsumexp(v.T, axis=0, keepdims=True), reference[None], rtol=1e-15, atol=1e-13)
+    w = np.array([[-np.inf, -np.inf], [-np.inf, 2.0], [np.inf, 0.0]])
+    with np.errstate(all="raise"):                              # the -inf row must not warn
+        out = logsumexp(w, axis=1)
+    assert out[0] == -np.inf and out[1] == 2.0 and out[2] == np.inf
+
+
+def test_dense_log_softmax_adjoint_equals_the_masked_one_with_every_slot_kept():
+    rng = np.random.default_rng(7)
+    l, dlog_q = rng.standard_normal((4, 6)), rng.standard_normal((4, 6))
+    log_q, dense = log_softmax_forward(l)
+    log_q_masked, masked = log_softmax_forward(l, np.ones((4, 6), dtype=bool))
+    assert dense.kept is None
+    np.testing.assert_array_equal(log_q, log_q_masked)
+    np.testing.assert_allclose(log_softmax_backward(dlog_q, dense), log_softmax_backward(dlog_q, masked), rtol=0, atol=1e-15)
+    q = np.exp(log_q)
+    np.testing.assert_allclose(log_softmax_backward(dlog_q, dense), dlog_q - q * dlog_q.sum(axis=1, keepdims=True),
+                               rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_bincount_scatter_equals_add_at_with_repeated_addresses(dtype):
+    rng = np.random.default_rng(8)
+    S, B, N = 6, 5, 3                                           # S > N: every episode repeats a slot
+    a = rng.integers(0, N, size=(S, B))
+    values = rng.standard_normal((S, B)).astype(dtype)
+    reference = np.zeros((B, N), dtype=dtype)
+    np.add.at(reference, (np.arange(B)[None, :], a), values)
+    got = scatter_to_slots(values, np.arange(B)[None, :] * N + a, (B, N))
+    assert got.dtype == np.dtype(dtype) and got.shape == (B, N)
+    np.testing.assert_allclose(got, reference, rtol=0, atol=4 * np.finfo(dtype).eps * np.abs(values).sum())
+    if dtype == "float64":                                      # same order of summation: identical
+        np.testing.assert_array_equal(got, reference)
 
 
 def test_affine_pair_equals_linear_pair_and_skips_only_the_input_gradient():
