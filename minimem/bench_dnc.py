@@ -226,6 +226,37 @@ def torch_available() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def lstm_cell_names(cell, prefix: str) -> dict:
+    """minimem's LSTM names for a torch.nn.LSTMCell: W_x = weight_ih^T, W_h = weight_hh^T, b = bias_ih
+    (bias_hh is held at zero; its gradient equals bias_ih's)."""
+    return {f"{prefix}.W_x": (cell.weight_ih, True), f"{prefix}.W_h": (cell.weight_hh, True),
+            f"{prefix}.b": (cell.bias_ih, False)}
+
+
+def linear_names(linear, prefix: str) -> dict:
+    """minimem's names for a torch.nn.Linear: W = weight^T, b = bias."""
+    return {f"{prefix}.W": (linear.weight, True), f"{prefix}.b": (linear.bias, False)}
+
+
+def load_minimem_params(names: dict, params: dict, zero=()) -> None:
+    """Copy minimem's parameters into the torch parameters that `names` maps them to (transposing
+    where marked); the tensors in `zero` are set to 0."""
+    for name, (tensor, transposed) in names.items():
+        value = np.asarray(params[name])
+        tensor.data.copy_(tensor.new_tensor(value.T if transposed else value))
+    for tensor in zero:
+        tensor.data.zero_()
+
+
+def minimem_grads_of(names: dict) -> dict:
+    """The .grad of every mapped torch parameter, under minimem's name and layout."""
+    grads = {}
+    for name, (tensor, transposed) in names.items():
+        g = tensor.grad.detach().numpy()
+        grads[name] = g.T if transposed else g
+    return grads
+
+
 def _torch_ports():
     """Import torch (one thread) and define the two port classes; cached, so torch loads once."""
     import torch
@@ -314,36 +345,22 @@ def _torch_ports():
                 ys.append(y if clip is None else y.clamp(-clip, clip))
             return torch.stack(ys)
 
-        def load_minimem(self, params: dict) -> None:
-            """Copy minimem's parameters (names of minimem.memory.ntm) into this module."""
-            put = lambda tensor, value: tensor.data.copy_(torch.as_tensor(np.asarray(value)))
-            put(self.controller.weight_ih, params["controller.W_x"].T)
-            put(self.controller.weight_hh, params["controller.W_h"].T)
-            put(self.controller.bias_ih, params["controller.b"])
-            self.controller.bias_hh.data.zero_()
+        def minimem_names(self) -> dict:
+            """{minimem parameter name: (torch parameter, stored transposed?)} (names of minimem.memory.ntm)."""
+            names = {**lstm_cell_names(self.controller, "controller"), **linear_names(self.output, "output")}
             for kind, heads in (("read", self.reads), ("write", self.writes)):
                 for i, head in enumerate(heads):
-                    put(head.fc.weight, params[f"{kind}{i}.W"].T)
-                    put(head.fc.bias, params[f"{kind}{i}.b"])
-                    put(head.w_bias, params[f"init.{kind}{i}.w_bias"])
+                    names.update(linear_names(head.fc, f"{kind}{i}"))
+                    names[f"init.{kind}{i}.w_bias"] = (head.w_bias, False)
             for i, bias in enumerate(self.r_bias):
-                put(bias, params[f"init.read{i}.r_bias"])
-            put(self.output.weight, params["output.W"].T)
-            put(self.output.bias, params["output.b"])
+                names[f"init.read{i}.r_bias"] = (bias, False)
+            return names
+
+        def load_minimem(self, params: dict) -> None:
+            load_minimem_params(self.minimem_names(), params, zero=(self.controller.bias_hh,))
 
         def minimem_grads(self) -> dict:
-            """The .grad of every parameter under minimem's names and layouts."""
-            g = lambda tensor: tensor.grad.detach().numpy()
-            grads = {"controller.W_x": g(self.controller.weight_ih).T, "controller.W_h": g(self.controller.weight_hh).T,
-                     "controller.b": g(self.controller.bias_ih)}       # bias_hh's gradient is the same
-            for kind, heads in (("read", self.reads), ("write", self.writes)):
-                for i, head in enumerate(heads):
-                    grads[f"{kind}{i}.W"], grads[f"{kind}{i}.b"] = g(head.fc.weight).T, g(head.fc.bias)
-                    grads[f"init.{kind}{i}.w_bias"] = g(head.w_bias)
-            for i, bias in enumerate(self.r_bias):
-                grads[f"init.read{i}.r_bias"] = g(bias)
-            grads["output.W"], grads["output.b"] = g(self.output.weight).T, g(self.output.bias)
-            return grads
+            return minimem_grads_of(self.minimem_names())
 
     class TorchDNC(nn.Module):
         """DNC of spec B.3 (one LSTM layer, one write head, R read heads), one loop step per time step."""
@@ -405,26 +422,16 @@ def _torch_ports():
                 ys.append(self.output(h) + self.read_out(r.reshape(B, R * W)))                  # 17.
             return torch.stack(ys)
 
+        def minimem_names(self) -> dict:
+            """{minimem parameter name: (torch parameter, stored transposed?)} (minimem.memory.dnc, layers = 1)."""
+            return {**lstm_cell_names(self.controller, "controller.layer0"), **linear_names(self.interface, "interface"),
+                    **linear_names(self.output, "output"), "read_out.W": (self.read_out.weight, True)}
+
         def load_minimem(self, params: dict) -> None:
-            """Copy minimem's parameters (names of minimem.memory.dnc, layers = 1) into this module."""
-            put = lambda tensor, value: tensor.data.copy_(torch.as_tensor(np.asarray(value)))
-            put(self.controller.weight_ih, params["controller.layer0.W_x"].T)
-            put(self.controller.weight_hh, params["controller.layer0.W_h"].T)
-            put(self.controller.bias_ih, params["controller.layer0.b"])
-            self.controller.bias_hh.data.zero_()
-            for name, module in (("interface", self.interface), ("output", self.output)):
-                put(module.weight, params[f"{name}.W"].T)
-                put(module.bias, params[f"{name}.b"])
-            put(self.read_out.weight, params["read_out.W"].T)
+            load_minimem_params(self.minimem_names(), params, zero=(self.controller.bias_hh,))
 
         def minimem_grads(self) -> dict:
-            g = lambda tensor: tensor.grad.detach().numpy()
-            return {"controller.layer0.W_x": g(self.controller.weight_ih).T,
-                    "controller.layer0.W_h": g(self.controller.weight_hh).T,
-                    "controller.layer0.b": g(self.controller.bias_ih),
-                    "interface.W": g(self.interface.weight).T, "interface.b": g(self.interface.bias),
-                    "output.W": g(self.output.weight).T, "output.b": g(self.output.bias),
-                    "read_out.W": g(self.read_out.weight).T}
+            return minimem_grads_of(self.minimem_names())
 
     return torch, TorchNTM, TorchDNC
 

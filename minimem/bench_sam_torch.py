@@ -119,7 +119,8 @@ from typing import Callable
 import numpy as np
 
 from minimem.bench import format_table, time_side_by_side
-from minimem.bench_dnc import grad_difference, torch_available
+from minimem.bench_dnc import (grad_difference, linear_names, load_minimem_params, lstm_cell_names,
+                                minimem_grads_of, torch_available)
 from minimem.bench_sam import benchmark_state
 from minimem.memory.addressing import EPS_DEN, EPS_NORM
 from minimem.memory.sam import SAM, SAMConfig, SAMState
@@ -284,24 +285,16 @@ def _torch_port():
                 indexes.append(S)
             return torch.stack(ys), {"read_index": torch.stack(indexes), "lra": torch.stack(lras)}
 
+        def minimem_names(self) -> dict:
+            """{minimem parameter name: (torch parameter, stored transposed?)} (minimem.memory.sam)."""
+            return {**lstm_cell_names(self.controller, "controller"), **linear_names(self.interface, "interface"),
+                    **linear_names(self.output, "output")}
+
         def load_minimem(self, params: dict) -> None:
-            """Copy minimem's parameters (names of minimem.memory.sam) into this module."""
-            put = lambda tensor, value: tensor.data.copy_(torch.as_tensor(np.asarray(value)))
-            put(self.controller.weight_ih, params["controller.W_x"].T)
-            put(self.controller.weight_hh, params["controller.W_h"].T)
-            put(self.controller.bias_ih, params["controller.b"])
-            self.controller.bias_hh.data.zero_()
-            for name, module in (("interface", self.interface), ("output", self.output)):
-                put(module.weight, params[f"{name}.W"].T)
-                put(module.bias, params[f"{name}.b"])
+            load_minimem_params(self.minimem_names(), params, zero=(self.controller.bias_hh,))
 
         def minimem_grads(self) -> dict:
-            """The .grad of every parameter under minimem's names and layouts."""
-            g = lambda tensor: tensor.grad.detach().numpy()
-            return {"controller.W_x": g(self.controller.weight_ih).T, "controller.W_h": g(self.controller.weight_hh).T,
-                    "controller.b": g(self.controller.bias_ih),          # bias_hh's gradient is the same
-                    "interface.W": g(self.interface.weight).T, "interface.b": g(self.interface.bias),
-                    "output.W": g(self.output.weight).T, "output.b": g(self.output.bias)}
+            return minimem_grads_of(self.minimem_names())
 
     return torch, TorchSAM
 
