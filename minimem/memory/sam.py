@@ -28,8 +28,8 @@ Parameters (an ordered dict; the same names key gradients, checkpoints and golde
 
 Engines (config.engine picks the manual one; all three share the parameters):
 - "sparse" (default): ONE memory buffer modified in place and per-step records of the touched rows
-  only, O(T (R K + 1) W) numbers instead of O(T N W); BPTT reads the buffer, reverts each write
-  with the saved rows in reverse time order and keeps ONE gradient buffer dM (spec C.4). After
+  only (written and read), O(T (2 R K + 1) W) numbers instead of O(T N W); BPTT reads the buffer,
+  reverts each write with the saved rows in reverse time order and keeps ONE gradient buffer dM (spec C.4). After
   backward the buffer equals M_0 bit for bit. Read weights are batch-stacked CSR (spec C.5).
 - "dense": the dense twin (minimem.memory.sam_dense): (B, R, N) weightings and every M_t kept.
   K = N is the dense path; usage="discounted" with K = N is DAM.
@@ -63,8 +63,8 @@ from minimem.memory.sam_interface import (
 )
 from minimem.memory.sam_sparse import (
     INDEX_DTYPE, ReadRecord, WriteRecord, lra_slots, sparse_read_backward, sparse_read_forward,
-    sparse_write_backward, sparse_write_forward, sparse_write_replay, sparse_write_revert, top_k_slots,
-    usage_update,
+    sparse_write_backward, sparse_write_forward, sparse_write_replay, sparse_write_revert, stamp_accesses,
+    top_k_slots,
 )
 from minimem.memory.sam_state import (
     SAMConfig, SAMGrad, SAMRecord, SAMState, check_frozen, check_grad_state, check_inputs, check_state,
@@ -267,18 +267,20 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
             lra = order.head(last) if order is not None else lra_slots(usage)                      # 3.
         write = sparse_write_forward(M, index, weight, lra, iface.a, iface.alpha, iface.gamma)    # 4.-6.
         if ann is not None:
-            ann.update(M, write.Ww.indices)                                                        # 6. index
+            ann.update(M, write.rows)                                                              # 6. index
         r, read = sparse_read_forward(M, iface.q, iface.beta, K,
                                       None if frozen is None else frozen.read_index[t],
                                       None if ann is None else (lambda q: ann.query(M, q, K)),
                                       validate=False)                                              # 7.
-        accessed = usage_update(last, None if discount is None else usage, write.Ww, read.Wr, now,
-                                config.delta, discount)                                            # 8.
+        accessed = stamp_accesses(last, None if discount is None else usage,
+                                  np.concatenate([write.rows, read.rows]),
+                                  np.concatenate([write.data, read.w.reshape(-1)]), now, config.delta,
+                                  discount)                                                        # 8.
         if order is not None:
             order.touch(accessed, now)                                                             # 8. LRA order
         ys[t], c_output = output_forward(h, r, params)                                             # 9.
         steps.append(SparseStep(c_controller, write, read, c_output))
-        index, weight = read.index, read.Wr.data.reshape(B, R, K)
+        index, weight = read.index, read.w
         lras[t], indexes[t] = write.lra, index
     final = SAMState(M.copy() if copy_final_memory else M, last, usage, index, weight, r, h, c, state.t + T)
     if lookup is not None:

@@ -23,14 +23,18 @@ ascending, data the K weights (row sums 1); Wr.toarray() is block diagonal. Writ
 canonical CSR matrix Ww of shape (B, B N), at most R Kp + 1 entries per row: a slot chosen by
 several heads and by the LRA rule appears once with the weights summed, and the LRA entry stays
 stored even when its weight is 0 (its row is erased whatever alpha_t is). Indices are int64.
+The step keeps each weighting as the arrays of its CSR (ReadRecord: rows and K weights per head;
+WriteRecord: rows, bounds, data) and builds the scipy matrix only when record.Wr / record.Ww is
+asked for: every row of Wr holds exactly K entries, so gathering the K rows is the CSR product.
 
 Not differentiated (spec C.4): the index sets S^i_t, the LRA slot l_t, the usage bookkeeping. The
 forward functions take recorded choices (index=, lra=) so finite differences can replay them.
 
 Memory-revert BPTT (C.4). The forward keeps per step only a record of what it touched: the old
-rows M_{t-1}[J_t], Ww, a_t, the gates, l_t, S^i_t and wR^i_t - O(R K W) numbers, never O(N W).
+rows M_{t-1}[J_t], Ww, a_t, the gates, l_t, S^i_t, wR^i_t and the K rows each head read with their
+similarities - O(R K W) numbers, never O(N W).
 The backward walks t = T..1 with the same buffer (holding M_t) and ONE gradient buffer dM: read
-adjoint (sparse_read_backward, which re-gathers the K rows it needs from the buffer), revert
+adjoint (sparse_read_backward, on the K rows the read recorded), revert
 (sparse_write_revert: M[J_t] = saved rows, never a subtraction, so the buffer returns to M_0 bit
 for bit), write adjoint (sparse_write_backward). The buffers are arguments that these functions
 modify in place; everything else follows the forward/backward pair convention.
@@ -43,7 +47,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
-from minimem.memory.addressing import content_backward, content_forward, cosine_similarity_forward
+from minimem.memory.addressing import ContentCache, content_backward, content_forward, cosine_similarity_forward
 
 INDEX_DTYPE = np.int64        # B N exceeds 2^31 at the paper's sizes (C.5)
 
@@ -86,9 +90,10 @@ def _csr(data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, shape: tuple
     """A csr_matrix that keeps int64 index arrays (scipy downcasts to int32 whenever it can).
     canonical=True: the callers built every row's columns sorted and unique, and the matrix is
     told so (sum_duplicates() is then a no-op that only sets the flag)."""
-    matrix = sp.csr_matrix((data, indices, indptr), shape=shape)
-    matrix.indices = np.asarray(indices, dtype=INDEX_DTYPE)
-    matrix.indptr = np.asarray(indptr, dtype=INDEX_DTYPE)
+    # csr_array keeps int64 index arrays as given (no scan of their contents, no cast); csr_matrix
+    # of a csr_array takes its arrays over as they are
+    matrix = sp.csr_matrix(sp.csr_array((data, np.asarray(indices, dtype=INDEX_DTYPE),
+                                         np.asarray(indptr, dtype=INDEX_DTYPE)), shape=shape, copy=False))
     if canonical:
         matrix.sum_duplicates()
     return matrix
@@ -194,6 +199,15 @@ def write_weights_csr(prev_index: np.ndarray, prev_weight: np.ndarray, lra: np.n
         Ww (B, B N) CSR, and write_map (B R Kp + B,) int: triplet k is stored at Ww.data[write_map[k]]
         (read triplets in prev_weight's C order, then the B LRA triplets).
     """
+    J, indptr, data, write_map = write_weights(prev_index, prev_weight, lra, alpha, gamma, N)
+    return _csr(data, J, indptr, (lra.shape[0], lra.shape[0] * N), canonical=True), write_map
+
+
+def write_weights(prev_index: np.ndarray, prev_weight: np.ndarray, lra: np.ndarray, alpha: np.ndarray,
+                  gamma: np.ndarray, N: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """write_weights_csr's three CSR arrays without the scipy object (what the step itself uses):
+    (J_t = Ww.indices (nnz,) global rows, sorted and unique; Ww.indptr (B + 1,); Ww.data (nnz,);
+    write_map)."""
     B, R, Kp = prev_index.shape
     offsets = N * np.arange(B, dtype=INDEX_DTYPE)
     columns = np.concatenate([(prev_index + offsets[:, None, None]).reshape(-1), offsets + lra])
@@ -202,49 +216,54 @@ def write_weights_csr(prev_index: np.ndarray, prev_weight: np.ndarray, lra: np.n
     J, write_map = _unique_inverse(columns)                              # J_t, sorted, unique
     data = np.bincount(write_map, weights=values, minlength=J.size).astype(values.dtype, copy=False)
     indptr = np.searchsorted(J, N * np.arange(B + 1, dtype=INDEX_DTYPE))
-    Ww = _csr(data, J, indptr, (B, B * N), canonical=True)               # columns sorted and unique
-    return Ww, write_map
+    return J, indptr, data, write_map
 
 
 # ----------------------------------------------------------------- sparse write, steps 3-6
 class WriteRecord(NamedTuple):
-    """What one write touched: everything its adjoint and the revert need, O(R Kp W) numbers."""
+    """What one write touched: everything its adjoint and the revert need, O(R Kp W) numbers. The
+    write weights are kept as the three arrays of their canonical CSR (B, B N); record.Ww is that
+    CSR matrix, built when asked for (the step itself only reads the arrays)."""
     lra: np.ndarray          # (B,) int, l_t
-    Ww: sp.csr_matrix        # (B, B N) write weights, canonical; Ww.indices = J_t (global rows)
-    write_map: np.ndarray    # (B R Kp + B,) int, triplet -> Ww entry
+    rows: np.ndarray         # (nnz,) int, J_t: the global rows b N + j written (= Ww.indices), ascending
+    bounds: np.ndarray       # (B + 1,) int, Ww.indptr: element b owns rows[bounds[b]:bounds[b + 1]]
+    data: np.ndarray         # (nnz,) wW_t on those rows (= Ww.data)
+    element: np.ndarray      # (nnz,) int, the batch element b of every row (rows // N)
+    N: int                   # slots per element
+    write_map: np.ndarray    # (B R Kp + B,) int, triplet -> entry of rows / data
     prev_weight: np.ndarray  # (B, R, Kp) the previous read weights used in wbar
-    saved: np.ndarray        # (nnz(Ww), W) the old rows M_{t-1}[J_t], for the exact revert
+    saved: np.ndarray        # (nnz, W) the old rows M_{t-1}[J_t], for the exact revert
     a: np.ndarray            # (B, W) write word
     alpha: np.ndarray        # (B, 1) write gate
     gamma: np.ndarray        # (B, 1) interpolation gate
 
+    @property
+    def Ww(self) -> sp.csr_matrix:
+        """The write weights as the canonical CSR matrix (B, B N) of C.5 (built on each access)."""
+        B = self.lra.shape[0]
+        return _csr(self.data, self.rows, self.bounds, (B, B * self.N), canonical=True)
 
-def _write_rows(record: WriteRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows J_t, batch element of every row, the erased rows b N + l_t) as global row numbers."""
-    Ww, B = record.Ww, record.lra.shape[0]
-    N = Ww.shape[1] // B
-    if B == 1:                                                           # one element: row b N + l is l
-        return Ww.indices, np.zeros(Ww.indices.size, dtype=np.intp), record.lra
-    rowid = np.repeat(np.arange(B), np.diff(Ww.indptr))
-    return Ww.indices, rowid, N * np.arange(B, dtype=INDEX_DTYPE) + record.lra
+    @property
+    def erased(self) -> np.ndarray:
+        """(B,) the global rows b N + l_t of the LRA slots."""
+        return self.N * np.arange(self.lra.shape[0], dtype=INDEX_DTYPE) + self.lra
 
 
-def _row_sums(matrix: sp.csr_matrix, rows: np.ndarray) -> np.ndarray:
-    """matrix @ X (matrix.shape[0], W) for a CSR matrix, given rows = X[matrix.indices] (nnz, W):
-    each row's products added in stored order, as scipy's CSR product adds them (the same bits),
-    without its dispatch overhead."""
-    products = matrix.data[:, None] * rows
-    if matrix.shape[0] == 1:
+def _row_sums(data: np.ndarray, element: np.ndarray, rows: np.ndarray, B: int) -> np.ndarray:
+    """Ww @ X (B, W) for the CSR with entries data (nnz,) in rows element (nnz,) (ascending), given
+    rows = X[Ww.indices] (nnz, W): each row's products added in stored order, as scipy's CSR product
+    adds them (the same bits), without its dispatch overhead."""
+    products = data[:, None] * rows
+    if B == 1:
         return np.add.reduce(products, axis=0, keepdims=True)
-    out = np.zeros((matrix.shape[0], rows.shape[1]), dtype=np.result_type(matrix.data, rows))
-    np.add.at(out, np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr)), products)
+    out = np.zeros((B, rows.shape[1]), dtype=np.result_type(data, rows))
+    np.add.at(out, element, products)                                    # in order: 0 + p_1 + p_2 + ...
     return out
 
 
 def _apply_write(M2: np.ndarray, record: WriteRecord) -> None:
-    rows, rowid, erased = _write_rows(record)
-    M2[erased] = 0.0                                                     # E_t: the LRA row, unconditionally
-    M2[rows] += record.Ww.data[:, None] * record.a[rowid]                # A_t = wW a^T, rows unique
+    M2[record.erased] = 0.0                                              # E_t: the LRA row, unconditionally
+    M2[record.rows] += record.data[:, None] * record.a[record.element]   # A_t = wW a^T, rows unique
 
 
 def sparse_write_forward(M: np.ndarray, prev_index: np.ndarray, prev_weight: np.ndarray, lra: np.ndarray,
@@ -259,11 +278,13 @@ def sparse_write_forward(M: np.ndarray, prev_index: np.ndarray, prev_weight: np.
         lra: (B,) int LRA slots l_t (lra_slots, or a recorded choice).
         a: (B, W) write word; alpha, gamma: (B, 1) gates.
     Returns:
-        the WriteRecord (the sparse write weights are record.Ww).
+        the WriteRecord (the sparse write weights are record.Ww, or its arrays rows, bounds, data).
     """
     M2 = _as_rows(M)
-    Ww, write_map = write_weights_csr(prev_index, prev_weight, lra, alpha, gamma, M.shape[1])
-    record = WriteRecord(lra, Ww, write_map, prev_weight, M2[Ww.indices], a, alpha, gamma)  # saved: a copy
+    N = M.shape[1]
+    rows, bounds, data, write_map = write_weights(prev_index, prev_weight, lra, alpha, gamma, N)
+    record = WriteRecord(lra, rows, bounds, data, rows // N, N, write_map, prev_weight,
+                         M2[rows], a, alpha, gamma)                      # saved: a copy of the old rows
     _apply_write(M2, record)
     return record
 
@@ -272,7 +293,7 @@ def sparse_write_revert(M: np.ndarray, record: WriteRecord) -> None:
     """Undo one write in place: M[J_t] = the saved rows, so the buffer holds M_{t-1} bit for bit.
     (Subtracting wW a^T and restoring the erased row is the paper's description; it is not exact
     in floating point.) Reverts must run in reverse time order."""
-    _as_rows(M)[record.Ww.indices] = record.saved
+    _as_rows(M)[record.rows] = record.saved
 
 
 def sparse_write_replay(M: np.ndarray, record: WriteRecord) -> None:
@@ -297,13 +318,12 @@ def sparse_write_backward(dM: np.ndarray, record: WriteRecord):
         (da (B, W), dalpha (B, 1), dgamma (B, 1), dprev_weight (B, R, Kp)).
     """
     dM2 = _as_rows(dM, "dM")
-    rows, rowid, erased = _write_rows(record)
     alpha, gamma, prev_weight = record.alpha, record.gamma, record.prev_weight
     B, R, Kp = prev_weight.shape
-    dM_rows = dM2[rows]                                                  # (nnz, W)
-    dwW = np.einsum("jw,jw->j", dM_rows, record.a[rowid])               # (nnz,) on the pattern of Ww
-    da = _row_sums(record.Ww, dM_rows)                                   # (B, W) = Ww @ dM2
-    dM2[erased] = 0.0                                                    # the erased row forgot M_{t-1}
+    dM_rows = dM2[record.rows]                                           # (nnz, W)
+    dwW = np.einsum("jw,jw->j", dM_rows, record.a[record.element])      # (nnz,) on the pattern of Ww
+    da = _row_sums(record.data, record.element, dM_rows, B)              # (B, W) = Ww @ dM2
+    dM2[record.erased] = 0.0                                                    # the erased row forgot M_{t-1}
     per_triplet = dwW[record.write_map]                                  # duplicates share their entry
     d_read = per_triplet[:B * R * Kp].reshape(B, R, Kp)                  # dwW at each previous read entry
     d_lra = per_triplet[B * R * Kp:, None]                               # (B, 1) dwW(l_t)
@@ -316,10 +336,23 @@ def sparse_write_backward(dM: np.ndarray, record: WriteRecord):
 
 # ----------------------------------------------------------------- sparse read, step 7
 class ReadRecord(NamedTuple):
+    """What one read used, O(R K W) numbers. The read weights are kept as the K entries of every
+    head - the data and indices of their CSR (B R, B N), whose indptr is K * arange(B R + 1);
+    record.Wr is that CSR matrix, built when asked for (the step itself only gathers and scatters
+    the K rows). The content cache keeps the K rows read, so the adjoint needs no second gather
+    and no second content_forward."""
     index: np.ndarray        # (B, R, K) int, S^i_t ascending
-    Wr: sp.csr_matrix        # (B R, B N) read weights, K entries per row
+    rows: np.ndarray         # (B R K,) int, the global rows b N + S^i_t (= Wr.indices)
+    w: np.ndarray            # (B, R, K) read weights wR^i_t on S^i_t (= Wr.data as (B, R, K))
+    N: int                   # slots per element
     q: np.ndarray            # (B, R, W) queries
     beta: np.ndarray         # (B, R, 1) strengths
+    content: ContentCache    # the K rows M_t[S^i_t] (B, R, K, W), their similarities and softmax
+
+    @property
+    def Wr(self) -> sp.csr_matrix:
+        """The batch-stacked read weights as the CSR matrix (B R, B N) of C.5 (built on each access)."""
+        return read_weights_csr(self.index, self.w, self.N)
 
 
 def sparse_read_forward(M: np.ndarray, q: np.ndarray, beta: np.ndarray, K: int,
@@ -355,14 +388,12 @@ def sparse_read_forward(M: np.ndarray, q: np.ndarray, beta: np.ndarray, K: int,
     if index.shape[2] != K:
         raise ValueError(f"index must hold K = {K} slots per head; got {index.shape}")
     R = q.shape[1]
-    M2 = M.reshape(B * N, W)
-    rows = index + N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None]    # (B, R, K) global rows
-    M_sel = M2[rows]                                                     # (B, R, K, W)
-    w, _ = content_forward(M_sel, q, beta)                               # (B, R, K) on the K rows
-    Wr = _csr(w.reshape(-1), rows.reshape(-1), K * np.arange(B * R + 1, dtype=INDEX_DTYPE), (B * R, B * N))
+    rows = (index + N * np.arange(B, dtype=INDEX_DTYPE)[:, None, None]).reshape(-1)   # (B R K,) global rows
+    M_sel = M.reshape(B * N, W)[rows].reshape(B, R, K, W)               # (B, R, K, W)
+    w, content = content_forward(M_sel, q, beta)                         # (B, R, K) on the K rows
     # r = Wr @ M2, each head's K products added in slot order (as the CSR product adds them)
     r = np.add.reduce(w[..., None] * M_sel, axis=2)                      # (B, R, W)
-    return r, ReadRecord(index, Wr, q, beta)
+    return r, ReadRecord(index, rows, w, N, q, beta, content)
 
 
 def sparse_read_backward(dr: np.ndarray, dweight: np.ndarray, M: np.ndarray, dM: np.ndarray,
@@ -372,24 +403,24 @@ def sparse_read_backward(dr: np.ndarray, dweight: np.ndarray, M: np.ndarray, dM:
         dwR^i(s) = M_t(s) . dr^i (+ dweight, the gradient carried from the write at t+1)
         dM_t(s) += wR^i(s) dr^i, then the restricted softmax and cosine adjoints on the K rows.
 
-    The K rows are gathered again from the buffer (which holds exactly M_t at this point of the
-    backward), so the forward keeps no copy of them. Two heads of one element may share a slot:
-    the rows are added with np.add.at, which sums duplicates (plain fancy `+=` would drop them).
+    The K rows M_t(s) are the ones the forward read (record.content, equal to the buffer's rows at
+    this point of the backward). Two heads of one element may share a slot: the rows are added
+    with np.add.at, which sums duplicates (plain fancy `+=` would drop them).
 
     Args:
         dr: (B, R, W) gradient w.r.t. the read words. dweight: (B, R, K) gradient w.r.t. wR_t from
-            later steps. M: (B, N, W) buffer holding M_t. dM: (B, N, W) gradient buffer, updated.
+            later steps. M: (B, N, W) memory M_t (its shape is checked; the K rows come from the
+            record). dM: (B, N, W) gradient buffer, updated.
     Returns:
         (dq (B, R, W), dbeta (B, R, 1)).
     """
     B, N, W = M.shape
-    R, K = record.index.shape[1:]
-    rows = record.Wr.indices                                             # (B R K,) global rows
-    M_sel = _as_rows(M)[rows].reshape(B, R, K, W)                        # (B, R, K, W)
+    M_sel = record.content.cosine.M                                      # (B, R, K, W) = M_t[S^i_t]
+    if M_sel.shape[0] != B or M_sel.shape[3] != W or record.N != N:
+        raise ValueError(f"M must be the (B, N, W) memory the record was read from; got {M.shape}")
     dw = np.einsum("brkw,brw->brk", M_sel, dr) + dweight                 # (B, R, K) = dWr.data
-    _, content_cache = content_forward(M_sel, record.q, record.beta)    # recomputed from the buffer
-    dM_sel, dq, dbeta = content_backward(dw, content_cache)             # (B, R, K, W), ...
-    w = record.Wr.data.reshape(B, R, K)
+    dM_sel, dq, dbeta = content_backward(dw, record.content)            # (B, R, K, W), ...
+    rows, w = record.rows, record.w
     _add_rows(_as_rows(dM, "dM"), rows, (w[..., None] * dr[:, :, None, :] + dM_sel).reshape(-1, W))
     return dq, dbeta
 
@@ -437,8 +468,14 @@ def usage_update(last: np.ndarray, usage: np.ndarray | None, Ww: sp.csr_matrix, 
     for name, buffer in (("last", last), ("usage", usage)):
         if buffer is not None and not (buffer.flags.c_contiguous and buffer.flags.writeable):
             raise ValueError(f"{name} must be a writeable C-contiguous (B, N) buffer (it is updated in place)")
-    columns = np.concatenate([Ww.indices, Wr.indices])                  # global slots b N + j
-    values = np.concatenate([Ww.data, Wr.data])
+    return stamp_accesses(last, usage, np.concatenate([Ww.indices, Wr.indices]),
+                          np.concatenate([Ww.data, Wr.data]), t, delta, discount)
+
+
+def stamp_accesses(last: np.ndarray, usage: np.ndarray | None, columns: np.ndarray, values: np.ndarray, t: int,
+                   delta: float, discount: float | None = None) -> np.ndarray:
+    """usage_update on the weights' entries: columns (n,) global slots b N + j (repeats allowed) and
+    values (n,) their weights, the write's and the reads' together. Same returns."""
     J, where = _unique_inverse(columns)
     access = np.bincount(where, weights=values, minlength=J.size)       # wW + sum_i wR^i on the union
     accessed = J[access > delta]

@@ -1,0 +1,98 @@
+"""The sparse SAM step's fast paths (issue 11) give the same numbers as the plain CSR formulas:
+records keep the CSR arrays and build the scipy matrices on demand, the write's row sums replace
+Ww @ dM, usage is stamped from the arrays, and the read adjoint uses the rows the forward read."""
+
+import minimem  # noqa: F401  (pins BLAS threads before numpy)
+import numpy as np
+import scipy.sparse as sp
+
+from minimem.memory.addressing import content_backward, content_forward
+from minimem.memory.sam_sparse import (
+    INDEX_DTYPE, _csr, _row_sums, read_weights_csr, sparse_read_backward, sparse_read_forward,
+    sparse_write_forward, stamp_accesses, usage_update, write_weights_csr,
+)
+
+
+def _step(seed=0, B=3, N=10, W=4, R=2, K=3):
+    """One write then one read on a random memory, with shared slots between heads."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((B, N, W))
+    prev_index = np.sort(np.stack([[rng.choice(N, K, replace=False) for _ in range(R)] for _ in range(B)]), -1)
+    prev_weight = rng.dirichlet(np.ones(K), size=(B, R))
+    lra = rng.integers(0, N, B).astype(INDEX_DTYPE)
+    a, alpha, gamma = rng.standard_normal((B, W)), rng.random((B, 1)), rng.random((B, 1))
+    write = sparse_write_forward(M, prev_index, prev_weight, lra, a, alpha, gamma)
+    q, beta = rng.standard_normal((B, R, W)), 1 + rng.random((B, R, 1))
+    r, read = sparse_read_forward(M, q, beta, K)
+    return rng, M, (prev_index, prev_weight, lra, alpha, gamma), write, read
+
+
+def _same_csr(A, B):
+    assert isinstance(A, sp.csr_matrix) and A.shape == B.shape
+    for name in ("data", "indices", "indptr"):
+        np.testing.assert_array_equal(getattr(A, name), getattr(B, name))
+    assert A.indices.dtype == A.indptr.dtype == INDEX_DTYPE
+
+
+def test_records_build_the_documented_csr_matrices():
+    _, M, (prev_index, prev_weight, lra, alpha, gamma), write, read = _step()
+    B, N, _ = M.shape
+    Ww, write_map = write_weights_csr(prev_index, prev_weight, lra, alpha, gamma, N)
+    _same_csr(write.Ww, Ww)
+    np.testing.assert_array_equal(write.write_map, write_map)
+    np.testing.assert_array_equal(write.element, np.repeat(np.arange(B), np.diff(Ww.indptr)))
+    _same_csr(read.Wr, read_weights_csr(read.index, read.w, N))
+    np.testing.assert_array_equal(read.rows, read.Wr.indices)
+    assert read.Wr.has_canonical_format and write.Ww.has_canonical_format
+
+
+def test_csr_keeps_int64_indices_without_a_copy():
+    data, indices, indptr = np.ones(3), np.array([0, 2, 5], INDEX_DTYPE), np.array([0, 1, 3], INDEX_DTYPE)
+    A = _csr(data, indices, indptr, (2, 6))
+    assert isinstance(A, sp.csr_matrix) and A.indices.dtype == INDEX_DTYPE and A.indptr.dtype == INDEX_DTYPE
+    np.testing.assert_array_equal(A.toarray(), [[1, 0, 0, 0, 0, 0], [0, 0, 1, 0, 0, 1]])
+
+
+def test_row_sums_equal_the_csr_product_bit_for_bit():
+    rng, M, _, write, _ = _step(1, B=4, N=12, R=3, K=4)
+    X = rng.standard_normal((M.shape[0] * M.shape[1], M.shape[2]))
+    fast = _row_sums(write.data, write.element, X[write.rows], M.shape[0])
+    np.testing.assert_array_equal(fast, write.Ww @ X)
+    one = _step(2, B=1)[3]
+    X1 = rng.standard_normal((one.N, M.shape[2]))
+    np.testing.assert_array_equal(_row_sums(one.data, one.element, X1[one.rows], 1), one.Ww @ X1)
+
+
+def test_stamp_accesses_equals_usage_update():
+    _, M, _, write, read = _step(3)
+    B, N, _ = M.shape
+    for discount in (None, 0.9):
+        last_a, last_b = np.zeros((B, N), INDEX_DTYPE), np.zeros((B, N), INDEX_DTYPE)
+        usage_a, usage_b = np.full((B, N), 0.5), np.full((B, N), 0.5)
+        got_a = usage_update(last_a, usage_a if discount else None, write.Ww, read.Wr, 7, 0.005, discount)
+        got_b = stamp_accesses(last_b, usage_b if discount else None, np.concatenate([write.rows, read.rows]),
+                               np.concatenate([write.data, read.w.reshape(-1)]), 7, 0.005, discount)
+        np.testing.assert_array_equal(got_a, got_b)
+        np.testing.assert_array_equal(last_a, last_b)
+        np.testing.assert_array_equal(usage_a, usage_b)
+        assert got_a.size > 0
+
+
+def test_read_adjoint_on_recorded_rows_equals_a_fresh_gather():
+    """The adjoint uses the rows and similarities the forward kept; recomputing them from the buffer
+    (the previous design) gives the same bits."""
+    rng, M, _, _, read = _step(4, B=2, N=6, R=3, K=4)         # R K > N: heads share slots
+    B, N, W = M.shape
+    R, K = read.index.shape[1:]
+    dr, dweight = rng.standard_normal((B, R, W)), rng.standard_normal((B, R, K))
+    dM = np.zeros_like(M)
+    dq, dbeta = sparse_read_backward(dr, dweight, M, dM, read)
+    M_sel = M.reshape(B * N, W)[read.rows].reshape(B, R, K, W)
+    np.testing.assert_array_equal(M_sel, read.content.cosine.M)
+    _, fresh = content_forward(M_sel, read.q, read.beta)
+    dM_sel, dq_ref, dbeta_ref = content_backward(np.einsum("brkw,brw->brk", M_sel, dr) + dweight, fresh)
+    dM_ref = np.zeros((B * N, W))
+    np.add.at(dM_ref, read.rows, (read.w[..., None] * dr[:, :, None, :] + dM_sel).reshape(-1, W))
+    np.testing.assert_array_equal(dq, dq_ref)
+    np.testing.assert_array_equal(dbeta, dbeta_ref)
+    np.testing.assert_array_equal(dM.reshape(B * N, W), dM_ref)
