@@ -35,6 +35,7 @@ Choices (spec sections in brackets):
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -97,14 +98,18 @@ def product_of_others(q: np.ndarray, axis: int) -> np.ndarray:
     """O[i] = prod_{j != i} q[j] along `axis` (of length K, the read heads).
 
     Division-free, so a factor that is exactly 0 gives the right answer (psi / q_i would be 0/0):
-    a (K, K, ...) stack holds, in row i, every factor with q_i replaced by 1, and one product over
-    its second axis gives all K products at once (O(K^2) per element; K is a handful of heads).
+    a (K, K - 1, ...) stack holds, in row i, every factor but q_i (in their order), and one product
+    over its second axis gives all K products at once (O(K^2) per element; K is a handful of heads).
     """
     q = np.moveaxis(q, axis, 0)                                  # a view: (K, ...)
-    K = q.shape[0]
-    eye = np.eye(K, dtype=bool).reshape((K, K) + (1,) * (q.ndim - 1))
-    others = np.where(eye, 1.0, q[None]).prod(axis=1)           # (K, ...): row i without q_i
+    others = q[_others_index(q.shape[0])].prod(axis=1)          # (K, ...): row i without q_i
     return np.moveaxis(others, 0, axis)
+
+
+@lru_cache(maxsize=16)
+def _others_index(K: int) -> np.ndarray:
+    """(K, K - 1) int: row i lists 0..K-1 without i (for K = 1, one empty row: the empty product 1)."""
+    return np.array([[j for j in range(K) if j != i] for i in range(K)], dtype=np.intp).reshape(K, K - 1)
 
 
 def suffix_linear_scan(coef: np.ndarray, const: np.ndarray) -> np.ndarray:
@@ -125,19 +130,22 @@ def suffix_linear_scan(coef: np.ndarray, const: np.ndarray) -> np.ndarray:
     return S
 
 
+def _flat_index(index: np.ndarray) -> np.ndarray:
+    """Positions in the flattened array of index[..., j] along the last axis: index + N * row."""
+    N = index.shape[-1]
+    rows = np.arange(0, index.size, N).reshape(index.shape[:-1] + (1,))
+    return index + rows
+
+
 def _gather_last(x: np.ndarray, index: np.ndarray) -> np.ndarray:
-    """np.take_along_axis(x, index, axis=-1) for an index shaped like x, by flat fancy indexing."""
-    shape = (int(np.prod(x.shape[:-1])), x.shape[-1])
-    rows = np.arange(shape[0])[:, None]
-    return x.reshape(shape)[rows, index.reshape(shape)].reshape(x.shape)
+    """np.take_along_axis(x, index, axis=-1) for an index shaped like x, as one np.take of flat positions."""
+    return np.take(x, _flat_index(index))
 
 
 def _scatter_last(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """out with out[..., index[..., j]] = values[..., j] (np.put_along_axis into a new array)."""
-    shape = (int(np.prod(values.shape[:-1])), values.shape[-1])
-    out = np.empty(values.shape, dtype=values.dtype)             # C order: reshape is a view
-    rows = np.arange(shape[0])[:, None]
-    out.reshape(shape)[rows, index.reshape(shape)] = values.reshape(shape)
+    out = np.empty(values.shape, dtype=values.dtype)
+    np.put(out, _flat_index(index), values)                      # flat positions of a C-order array
     return out
 
 

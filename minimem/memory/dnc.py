@@ -349,7 +349,7 @@ class DNCStepCache(NamedTuple):
 
 def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DNCConfig,
                      phi: np.ndarray | None = None, usage_w_w: np.ndarray | None = None,
-                     link_choice: SparseLinkChoice | None = None):
+                     link_choice: SparseLinkChoice | None = None, link_out: np.ndarray | None = None):
     """One DNC step, spec B.3 steps 1-17.
 
     Args:
@@ -357,6 +357,8 @@ def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DN
         phi: (B, N) int free list to replay (None: sort). usage_w_w: (B, N) recorded w^w_{t-1} for
             the usage update (deepmind mode replay; None: state.w_w). link_choice: the sparse
             link's choices to replay (link="sparse" only; None: choose afresh).
+        link_out: optional (B, N, N) array to hold the new dense link matrix L_t (dnc_forward
+            passes one slice of a (T, B, N, N) array); None: a new array.
     Returns:
         y: (B, Y) output, the DNCState at t, and the DNCStepCache.
     """
@@ -370,7 +372,8 @@ def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DN
     iface, c_interface = interface_forward(xi, R, W, config.strengths)                  # 4.
     link_K = config.link_K if config.link == "sparse" else None
     memory, c_access = access_forward(state.memory, iface, config.usage_write_grad,
-                                      config.eps_a, phi, usage_w_w, link_K, link_choice)  # 5.-16.
+                                      config.eps_a, phi, usage_w_w, link_K, link_choice,
+                                      link_out)                                         # 5.-16.
     read_term, c_read_out = linear_forward(memory.r.reshape(B, R * W), params["read_out.W"])  # 17. (B, Y)
     y = v + read_term
     cache = DNCStepCache(c_controller, c_output, c_xi, c_interface, c_access, c_read_out)
@@ -440,12 +443,20 @@ def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCSt
         _check_frozen(frozen, config, T, B, state.M.shape[1])
     replay_usage = frozen is not None and not config.usage_write_grad
     ys = np.empty((T, B, config.Y), dtype=np.result_type(xs, params["output.W"]))
+    # The T dense link matrices L_1..L_T (all kept for BPTT) live in one (T, B, N, N) array. Made
+    # as T separate (B, N, N) arrays they were handed back to the system by the C allocator at the
+    # end of every training step and page-faulted back in by the next (about 2,700 faults per step
+    # at N = 64, B = 16, T = 20, float64); one block of this size is kept and reused by glibc's
+    # malloc instead. Same values either way. (With parameters of another dtype than the state,
+    # link_forward finds this array's dtype wrong and makes its own arrays.)
+    links = np.empty((T,) + state.L.shape, dtype=np.result_type(xs, *state)) if config.link == "dense" else None
     state0, steps, states = state, [], []
     for t in range(T):
         phi = None if frozen is None else frozen.phi[t]
         usage_w_w = frozen.usage_w_w[t] if replay_usage else None
         ys[t], state, step = dnc_step_forward(xs[t], state, params, config, phi, usage_w_w,
-                                              _link_choice(frozen, t, config))
+                                              _link_choice(frozen, t, config),
+                                              None if links is None else links[t])
         steps.append(step)
         states.append(state)
     record = DNCRecord(np.stack([s.access.phi for s in steps]), np.stack([s.access.usage_w_w for s in steps]))

@@ -88,7 +88,7 @@ class AccessCache(NamedTuple):
 def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True,
                    eps_a: float = ALLOCATION_EPS, phi: np.ndarray | None = None,
                    usage_w_w: np.ndarray | None = None, link_K: int | None = None,
-                   link_choice=None) -> tuple[MemoryState, AccessCache]:
+                   link_choice=None, link_out: np.ndarray | None = None) -> tuple[MemoryState, AccessCache]:
     """One step of memory access, spec B.3 steps 5-16 (the module docstring lists them).
 
     Args:
@@ -102,6 +102,8 @@ def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True
             recorded copy lets finite differences replay deepmind mode's stop-gradient constant.
         link_K: None for the dense link of step 11; K for the sparse link of spec B.10.9.
         link_choice: SparseLinkChoice to replay (sparse link only; None: choose afresh).
+        link_out: optional (B, N, N) array for the dense link update to write L_t into (see
+            linkage.link_forward's `out`); None: a new array.
     Returns:
         MemoryState at t, and the cache for access_backward.
     """
@@ -114,7 +116,7 @@ def access_forward(state: MemoryState, iface: Interface, write_grad: bool = True
     w_w, c_ww = write_weighting_forward(a, c_w[:, 0], iface.g_a, iface.g_w)        # 9. (B, N)
     M, c_write = write_forward(M_prev, w_w[:, None], iface.e, iface.nu)            # 10. (B, N, W)
     if link_K is None:
-        L, c_link = link_forward(L_prev, w_w, p_prev)                              # 11. (B, N, N)
+        L, c_link = link_forward(L_prev, w_w, p_prev, out=link_out)                # 11. (B, N, N)
     else:
         L, c_link = sparse_link_forward(L_prev, w_w, p_prev, link_K, link_choice)  # 11. B.10.9
     p, c_prec = precedence_forward(p_prev, w_w)                                    # 12. (B, N)

@@ -96,7 +96,8 @@ def _zero_diagonal(L: np.ndarray) -> np.ndarray:
     return L
 
 
-def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray) -> tuple[np.ndarray, LinkCache]:
+def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray,
+                 out: np.ndarray | None = None) -> tuple[np.ndarray, LinkCache]:
     """Temporal link matrix L_t[i,j] = (1 - w_i - w_j) L_{t-1}[i,j] + w_i p_{t-1}[j], then L_t[i,i] = 0
     (Methods, "Temporal memory linkage"). L_t[i,j] is the degree to which slot i was written right
     after slot j.
@@ -105,9 +106,12 @@ def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray) -> tup
         L_prev: (B, N, N) link matrix of the previous step (or (B, H, N, N)).
         w_w: (B, N) write weighting of this step.
         p_prev: (B, N) precedence of the PREVIOUS step (not the one precedence_forward returns now).
+        out: optional array shaped like L_prev to write L_t into (the DNC keeps the T link matrices
+            of a sequence in one (T, B, N, N) array); used only if it has the result's dtype, else a
+            new array is made. It must not overlap L_prev.
     Returns:
-        L: (B, N, N) with zero diagonal, entries in [0, 1], rows and columns summing to <= 1, and the
-        cache for link_backward.
+        L: (B, N, N) with zero diagonal, entries in [0, 1], rows and columns summing to <= 1 (`out`
+        when it was used), and the cache for link_backward.
     """
     w_w = _weighting(w_w, "w_w", allow_heads=True)
     p_prev = _same_shape(p_prev, w_w, "p_prev", "(B, N) like w_w")
@@ -117,7 +121,15 @@ def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray) -> tup
         raise ValueError(f"L_prev must have shape {letters} = {w_w.shape + w_w.shape[-1:]}; "
                          f"got {L_prev.shape}")
     w_i, w_j = w_w[..., :, None], w_w[..., None, :]              # (B, N, 1), (B, 1, N)
-    L = (1.0 - w_i - w_j) * L_prev + w_i * p_prev[..., None, :]  # (B, N, N)
+    if out is not None and out.shape != L_prev.shape:
+        raise ValueError(f"out must have L_prev's shape {L_prev.shape}; got {out.shape}")
+    dtype = np.result_type(L_prev, w_w, p_prev)
+    L = out if out is not None and out.dtype == dtype else np.empty(L_prev.shape, dtype)
+    # L = (1 - w_i - w_j) L_prev + w_i p_j, built in one (B, N, N) array (the same operations in
+    # the same order as the one-line formula, without its three other (B, N, N) temporaries)
+    np.subtract(1.0 - w_i, w_j, out=L)                            # (B, N, N)
+    L *= L_prev
+    L += w_i * p_prev[..., None, :]
     # w_i + w_j <= 1 in exact arithmetic, but under saturated gates it can exceed 1 by round-off and
     # leave entries like -1e-288: they are set to 0 (a change at round-off level; the backward is
     # that of the exact formula, which differs from the clamped one only at those round-off points).

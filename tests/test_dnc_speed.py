@@ -1,0 +1,146 @@
+"""The DNC speed work (issue 11) rewrote some memory primitives to make fewer temporaries and calls
+and keeps the T link matrices of a sequence in one (T, B, N, N) array; these tests pin that each
+rewrite computes exactly (bit for bit) what the plain one-line formula of its docstring computes, in
+float64 and float32, so a later "simplification" cannot drift silently. (Gradients against finite
+differences are checked in test_linkage / test_allocation / test_ntm / test_dnc.)"""
+
+import numpy as np
+import pytest
+
+from minimem.memory import allocation as A
+from minimem.memory import linkage as K
+from minimem.memory import read_write as RW
+
+DTYPES = (np.float64, np.float32)
+
+
+def simplex(rng, shape, dtype):
+    w = rng.dirichlet(np.ones(shape[-1]), size=shape[:-1]) * rng.uniform(0.5, 1.0, size=shape[:-1] + (1,))
+    return w.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_link_forward_equals_the_one_line_formula(dtype):
+    rng = np.random.default_rng(0)
+    B, N = 3, 7
+    L_prev = rng.uniform(0, 0.2, (B, N, N)).astype(dtype)
+    w_w, p_prev = simplex(rng, (B, N), dtype), simplex(rng, (B, N), dtype)
+    L, _ = K.link_forward(L_prev, w_w, p_prev)
+    expected = (1.0 - w_w[:, :, None] - w_w[:, None, :]) * L_prev + w_w[:, :, None] * p_prev[:, None, :]
+    expected = np.maximum(expected, 0.0)
+    expected[:, np.arange(N), np.arange(N)] = 0.0
+    assert L.dtype == dtype
+    np.testing.assert_array_equal(L, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_link_backward_equals_the_formulas(dtype):
+    rng = np.random.default_rng(1)
+    B, N = 2, 6
+    L_prev = rng.uniform(0, 0.2, (B, N, N)).astype(dtype)
+    w_w, p_prev = simplex(rng, (B, N), dtype), simplex(rng, (B, N), dtype)
+    _, cache = K.link_forward(L_prev, w_w, p_prev)
+    dL = rng.standard_normal((B, N, N)).astype(dtype)
+    dL_copy = dL.copy()
+    dL_prev, _, _ = K.link_backward(dL, cache)
+    np.testing.assert_array_equal(dL, dL_copy)                 # the default leaves dL untouched
+    G = dL.copy()
+    G[:, np.arange(N), np.arange(N)] = 0.0
+    expected = (1.0 - w_w[:, :, None] - w_w[:, None, :]) * G
+    assert dL_prev.dtype == dtype
+    np.testing.assert_array_equal(dL_prev, expected)
+    assert not np.shares_memory(dL_prev, dL)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_head_write_backward_equals_the_general_formula(dtype):
+    """The one-write-head branch (the DNC) against the formulas of the docstring with keep cached."""
+    rng = np.random.default_rng(2)
+    B, N, W = 2, 5, 4
+    M = rng.standard_normal((B, N, W)).astype(dtype)
+    w = simplex(rng, (B, 1, N), dtype)
+    e = rng.uniform(0, 1, (B, 1, W)).astype(dtype)
+    a = rng.standard_normal((B, 1, W)).astype(dtype)
+    _, cache = RW.write_forward(M, w, e, a)
+    assert cache.keep is None                                   # the branch under test
+    dM_new = rng.standard_normal((B, N, W)).astype(dtype)
+    dM, dw, de, da = RW.write_backward(dM_new, cache)
+    keep = 1.0 - w[:, 0, :, None] * e[:, 0, None, :]
+    np.testing.assert_array_equal(dM, dM_new * keep)
+    general = RW.write_backward(dM_new, cache._replace(keep=keep))
+    for mine, theirs in zip((dM, dw, de, da), general):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("K_heads", [1, 2, 4, 5])
+def test_product_of_others_is_the_direct_product_bit_for_bit(dtype, K_heads):
+    rng = np.random.default_rng(3)
+    q = rng.uniform(-1, 1, size=(2, K_heads, 3)).astype(dtype)
+    q[0, 0, 0] = 0.0
+    others = A.product_of_others(q, axis=1)
+    assert others.shape == q.shape and others.dtype == dtype
+    for i in range(K_heads):
+        expected = np.ones_like(q[:, 0])
+        for j in range(K_heads):                                 # the factors in slot order, sequentially
+            if j != i:
+                expected = expected * q[:, j]
+        np.testing.assert_array_equal(others[:, i], expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather_and_scatter_match_take_and_put_along_axis(dtype):
+    rng = np.random.default_rng(4)
+    for shape in [(3, 7), (2, 3, 5), (1, 1)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        phi = np.argsort(rng.random(shape), axis=-1, kind="stable")
+        np.testing.assert_array_equal(A._gather_last(x, phi), np.take_along_axis(x, phi, axis=-1))
+        expected = np.empty_like(x)
+        np.put_along_axis(expected, phi, x, axis=-1)
+        np.testing.assert_array_equal(A._scatter_last(x, phi), expected)
+        x_t = np.asfortranarray(x)                               # a non-C-ordered input
+        np.testing.assert_array_equal(A._gather_last(x_t, phi), np.take_along_axis(x, phi, axis=-1))
+        np.testing.assert_array_equal(A._scatter_last(x_t, phi), expected)
+        np.testing.assert_array_equal(A._gather_last(x[..., ::-1], phi),
+                                      np.take_along_axis(x[..., ::-1], phi, axis=-1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_link_forward_writes_into_out_of_the_right_dtype_only(dtype):
+    rng = np.random.default_rng(5)
+    B, N = 2, 5
+    L_prev = rng.uniform(0, 0.2, (B, N, N)).astype(dtype)
+    w_w, p_prev = simplex(rng, (B, N), dtype), simplex(rng, (B, N), dtype)
+    expected, _ = K.link_forward(L_prev, w_w, p_prev)
+    out = np.full((B, N, N), np.nan, dtype=dtype)
+    L, cache = K.link_forward(L_prev, w_w, p_prev, out=out)
+    assert L is out
+    np.testing.assert_array_equal(L, expected)
+    other = np.float32 if dtype == np.float64 else np.float64
+    wrong_dtype = np.full((B, N, N), np.nan, dtype=other)
+    L2, _ = K.link_forward(L_prev, w_w, p_prev, out=wrong_dtype)
+    assert L2 is not wrong_dtype and L2.dtype == dtype and np.all(np.isnan(wrong_dtype))
+    np.testing.assert_array_equal(L2, expected)
+    with pytest.raises(ValueError, match="out must have"):
+        K.link_forward(L_prev, w_w, p_prev, out=np.empty((B, N, N + 1), dtype=dtype))
+
+
+def test_dnc_forward_keeps_its_links_in_one_array_with_unchanged_results():
+    """dnc_forward writes L_1..L_T into one (T, B, N, N) array; each step's state and caches see
+    their own slice, and the outputs equal a step-by-step run with fresh link arrays."""
+    from minimem.memory import dnc as D
+    config = D.DNCConfig(X=3, Y=2, N=5, W=4, R=2, H=6)
+    model = D.DNC(config, np.random.default_rng(6))
+    xs = np.random.default_rng(7).standard_normal((4, 2, 3))
+    ys, cache = model.forward(xs)
+    links = [s.L for s in cache.states]
+    base = links[0].base
+    assert base is not None and base.shape == (4, 2, 5, 5) and all(L.base is base for L in links)
+    for t, step in enumerate(cache.steps):
+        assert step.access.link.L_prev is (cache.state0.L if t == 0 else links[t - 1])
+    state, ys_steps = D.initial_state(config, 2), []
+    for t in range(4):                                           # no link_out: a new array every step
+        y, state, _ = D.dnc_step_forward(xs[t], state, model.params, config)
+        ys_steps.append(y)
+        np.testing.assert_array_equal(state.L, links[t])
+    np.testing.assert_array_equal(ys, np.stack(ys_steps))
