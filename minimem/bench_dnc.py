@@ -55,6 +55,14 @@ ratios move by +-10% or more between runs; torch 2.13 CPU, numpy 2.4):
     Old and new code timed side by side in one process (alternating rounds, medians; outputs
     identical, gradients equal to 2.2e-16 in float64): DNC 1.07-1.17x (float64) and 1.01-1.13x
     (float32) faster over four runs, NTM B=1 1.00-1.07x, NTM B=16 1.01-1.14x (within the noise).
+    Second round (the T link matrices in one (T, B, N, N) buffer written in place, a cached index
+    table for product_of_others): page faults per float64 step 2,771 -> 176, so a process running
+    only minimem (a demo) steps ~1.15x faster; the PyTorch rows hardly show it, because once torch
+    or the autodiff engine has made large allocations glibc keeps its pages and the old code stops
+    faulting too. PyTorch / minimem afterwards, three runs: DNC 1.6-1.8x (float32), 1.5-1.6x
+    (float64); quiet machine (load ~1, 7 rounds, before this round): NTM B=1 3.0x / 3.6x, NTM
+    B=16 2.2x / 2.2x, DNC 1.6x / 1.5x (float32 / float64); manual vs autodiff NTM 5.3x / 3.3x,
+    DNC 3.8x.
     NTM step (T = 9, B = 1) at N = 2^k over N = 2^7 (30-34 ms), run A: 2^10 1.5x, 2^12 3.2x,
     2^14 8.7x, 2^15 19.0x, 2^16 40.1x (1.32 s, 146 ms per time step): per-op overhead dominates up
     to ~2^11, then the time grows roughly linearly in N (2^13 -> 2^14 -> 2^15: 164 -> 297 -> 602 ms).
