@@ -54,20 +54,20 @@ def _rows_T_at(x: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------- SiLU
 def silu_forward(a: np.ndarray):
-    """SiLU(a) = a sigma(a), elementwise. Returns the value and the cache (a, sigma(a))."""
+    """SiLU(a) = a sigma(a), elementwise. Returns the value z and the cache: the derivative
+    SiLU'(a) = s (1 + a (1 - s)) = s + z (1 - s), s = sigma(a), formed here where s is at hand (one
+    array to keep instead of a and s; the backward is then one product)."""
     s = _sigmoid(a)
-    return a * s, (a, s)
+    z = a * s
+    d = 1.0 - s
+    d *= z
+    d += s                                                       # s + z (1 - s)
+    return z, d
 
 
 def silu_backward(dout: np.ndarray, cache) -> np.ndarray:
-    """dout * SiLU'(a) = dout s (1 + a (1 - s)), from the cached sigma(a) (no second exp)."""
-    a, s = cache
-    d = 1.0 - s
-    d *= a
-    d += 1.0
-    d *= s
-    d *= dout
-    return d
+    """dout * SiLU'(a), from the derivative cached by silu_forward."""
+    return dout * cache
 
 
 def silu_autodiff(a) -> ad.Tensor:
@@ -137,18 +137,20 @@ def causal_conv_autodiff(z, w, buffer=None):
 
 # ----------------------------------------------------------------- l2 normalisation (A4)
 def l2norm_forward(x: np.ndarray, eps: float):
-    """y = x / sqrt(||x||^2 + eps) over the last axis. Returns y and the cache."""
+    """y = x / sqrt(||x||^2 + eps) over the last axis. Returns y and the cache (y, n): the output,
+    which the caller keeps anyway, and the norms n (..., 1)."""
     n = np.sqrt(np.sum(x * x, axis=-1, keepdims=True) + eps)
-    return x / n, (x, n)
+    y = x / n
+    return y, (y, n)
 
 
 def l2norm_backward(dy: np.ndarray, cache) -> np.ndarray:
-    """dx = dy / n - x (x . dy) / n^3 (spec A4.2)."""
-    x, n = cache
-    c = np.sum(x * dy, axis=-1, keepdims=True)
-    c /= n ** 3
-    dx = dy / n
-    dx -= x * c
+    """dx = dy / n - x (x . dy) / n^3 (spec A4.2) = (dy - y (y . dy)) / n with y = x / n."""
+    y, n = cache
+    c = np.sum(y * dy, axis=-1, keepdims=True)
+    dx = y * c
+    np.subtract(dy, dx, out=dx)
+    dx /= n
     return dx
 
 
@@ -301,10 +303,9 @@ def lmm_queries_autodiff(x, tparams: Mapping[str, ad.Tensor], H: int, eps_n: flo
 class OutputCache(NamedTuple):
     x: np.ndarray        # (T, B, D) layer inputs (the gate's input)
     y: np.ndarray        # (T, B, H, d) memory read-out
-    n: np.ndarray        # (T, B, H, 1) RMS of y
-    r: np.ndarray        # (T, B, C) normalised read-out
-    silu: tuple          # cache of SiLU(x W_gate)
+    n: np.ndarray        # (T, B, H, 1) RMS of y (r = y / n g is recomputed by the backward)
     gate: np.ndarray     # (T, B, C) SiLU(x W_gate)
+    silu: np.ndarray     # cache of the gate's SiLU
     params: Mapping
 
 
@@ -319,27 +320,41 @@ def lmm_output_forward(y: np.ndarray, x: np.ndarray, params: Mapping[str, np.nda
     """
     T, B, H, d = y.shape
     n = np.sqrt(np.mean(y * y, axis=-1, keepdims=True) + RMS_EPS)    # (T, B, H, 1)
-    r = (y / n * params["out_norm.g"]).reshape(T, B, H * d)            # (T, B, C)  (A20)
+    r = y / n
+    r *= params["out_norm.g"]                                          # (T, B, H, d)  (A20)
     gate, sc = silu_forward(_rows_at(x, params["W_gate"]))             # (T, B, C)
-    o = _rows_at(r * gate, params["W_o"])                              # (T, B, D)  (A21)
-    return o, OutputCache(x, y, n, r, sc, gate, params)
+    r = r.reshape(T, B, H * d)
+    r *= gate
+    o = _rows_at(r, params["W_o"])                                     # (T, B, D)  (A21)
+    return o, OutputCache(x, y, n, gate, sc, params)
 
 
 def lmm_output_backward(do: np.ndarray, cache: OutputCache):
     """Adjoint of lmm_output_forward. Returns (dy (T, B, H, d), dx (T, B, D), grads of OUTPUT_NAMES)."""
-    x, y, n, r, sc, gate, params = cache
+    x, y, n, gate, sc, params = cache
     T, B, H, d = y.shape
     g = params["out_norm.g"]
-    dW_o = _rows_T_at(r * gate, do)
+    # (T, B, C) buffers, at most four alive at a time: r is formed again from y rather than kept
     dgated = _rows_at(do, params["W_o"].T)                             # (T, B, C)
-    dgate_in = silu_backward(dgated * r, sc)
+    yhat = y / n                                                       # (T, B, H, d)
+    r = (yhat * g).reshape(T, B, H * d)                                # (A20)
+    dgate_in = silu_backward(dgated * r, sc)                           # (A21) through the gate's SiLU
+    r *= gate
+    dW_o = _rows_T_at(r, do)                                           # (r * gate)^T do
+    del r
     dW_gate = _rows_T_at(x, dgate_in)
     dx = _rows_at(dgate_in, params["W_gate"].T)
-    dr = (dgated * gate).reshape(T, B, H, d)
-    yhat = y / n
+    del dgate_in
+    dr = dgated                                                        # dr = dgated * gate, in place
+    dr *= gate
+    dr = dr.reshape(T, B, H, d)
     dg = _sum_rows(dr * yhat)
-    dyhat = dr * g
-    dy = dyhat / n - yhat * np.mean(dyhat * yhat, axis=-1, keepdims=True) / n
+    dr *= g                                                            # dL/dyhat
+    c = np.mean(dr * yhat, axis=-1, keepdims=True)
+    yhat *= c
+    np.subtract(dr, yhat, out=dr)
+    dr /= n                                                            # (dyhat - yhat mean(dyhat yhat)) / n
+    dy = dr
     return dy, dx, {"out_norm.g": dg, "W_gate": dW_gate, "W_o": dW_o}
 
 

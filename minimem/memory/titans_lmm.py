@@ -101,19 +101,20 @@ def decay_products(A: np.ndarray) -> np.ndarray:
     clears the memory, eta = 0 has no momentum)."""
     n = A.shape[-1]
     zero = A == 0
-    logs = np.log(np.where(zero, 1.0, A))
+    any_zero = bool(zero.any())
+    logs = np.log(np.where(zero, 1.0, A) if any_zero else A)
     c = np.zeros(A.shape[:-1] + (n + 1,))
     np.cumsum(logs, axis=-1, out=c[..., 1:])                                  # (..., n+1)
-    cz = np.zeros(A.shape[:-1] + (n + 1,), dtype=np.intp)
-    np.cumsum(zero, axis=-1, out=cz[..., 1:])
     diff = c[..., :, None] - c[..., None, :]                                 # (..., n+1, n+1)
     # the cumulative logs never increase (every log <= 0, and rounding is monotone), so diff <= 0 on
     # and below the diagonal: clipping at 0 changes only the masked upper part, whose exp may overflow
     np.minimum(diff, 0.0, out=diff)
     np.exp(diff, out=diff)
-    keep = cz[..., :, None] == cz[..., None, :]
-    keep &= _lower_mask(n + 1)
-    diff *= keep
+    diff *= _lower_mask(n + 1)
+    if any_zero:                                                             # (the common case has none)
+        cz = np.zeros(A.shape[:-1] + (n + 1,), dtype=np.intp)
+        np.cumsum(zero, axis=-1, out=cz[..., 1:])
+        diff *= cz[..., :, None] == cz[..., None, :]
     return diff.astype(A.dtype, copy=False)
 
 
@@ -155,6 +156,18 @@ def _T(X: np.ndarray) -> np.ndarray:
     return X.swapaxes(-1, -2)
 
 
+# token axis first (n, B, H, ...) <-> after (B, H) (B, H, n, ...): the ndarray method, a view, no
+# np.moveaxis wrapper (its axis bookkeeping cost more than the transposes themselves, 224 calls a step)
+def _tokens_inside(x: np.ndarray) -> np.ndarray:
+    """(n, B, H, d) -> (B, H, n, d), or gates (n, B, H) -> (B, H, n)."""
+    return x.transpose(1, 2, 0, 3) if x.ndim == 4 else x.transpose(1, 2, 0)
+
+
+def _tokens_first(x: np.ndarray) -> np.ndarray:
+    """(B, H, n, d) -> (n, B, H, d), or gates (B, H, n) -> (n, B, H)."""
+    return x.transpose(2, 0, 1, 3) if x.ndim == 4 else x.transpose(2, 0, 1)
+
+
 def _rowdot(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Row-wise dot products: (..., n, a), (..., n, a) -> (..., n)."""
     return np.einsum("...i,...i->...", X, Y)
@@ -168,17 +181,16 @@ class ChunkCache(NamedTuple):
     M_s: tuple           # chunk-start weights, L arrays (B, H, ., .)
     S_s: tuple           # chunk-start momentum, likewise
     gates: tuple         # alpha, eta, theta (B, H, n)
-    inner: object        # InnerGradCache of the surprises at M_s (x_l = zs[l-1], delta_l = deltas[l-1])
+    inner: object        # InnerGradCache of the surprises at M_s (x_l = zs[l-1], delta_l = deltas[l-1]),
+                         # slimmed: without M(k) = zs[L] and the residual e, which the backward never reads
     PA: np.ndarray       # (B, H, n+1, n+1) decay products of A = 1 - alpha
-    PE: np.ndarray       # (B, H, n+1, n+1) decay products of E = eta
+    PE_n: np.ndarray     # (B, H, n) P_E[n, 1:], the last row of the decay products of E = eta (the
+                         # backward needs no more of P_E: P_S holds the rest)
     K0: np.ndarray       # (B, H, n+1, n) Kmat with a zero row 0 on top (the chunk start)
     P_M: np.ndarray      # (B, H, n+1, n+2) (A17): M_tau = P_M[tau] . [M_s, S_s, u_1..u_n]
     P_S: np.ndarray      # (B, H, n+1, n+2) (A18)
     rows: list           # Z_1 = q, Z_2 .. Z_L: the read inputs of every layer (B, H, n, .)
     d1: list             # phi'(A_l) of the reads, l = 1 .. L-1
-    zW: list             # Z_l W_l (B, H, n, n_l), W_l at the chunk start (reused by the backward)
-    zS: list             # Z_l S_l (B, H, n, n_l)
-    zx: list             # Z_l X_l^T (B, H, n, n): [j, i] = rho_j . x_i
     read_after_write: bool
 
 
@@ -191,8 +203,8 @@ def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", r
     Returns:
         y (n, B, H, d), the chunk-end state (M_n, S_n), and the cache for lmm_chunk_backward.
     """
-    q, k, v = (np.moveaxis(x, 0, 2) for x in (q, k, v))          # (B, H, n, d)
-    alpha, eta, theta = (np.moveaxis(g, 0, -1) for g in (alpha, eta, theta))   # (B, H, n)
+    q, k, v = (_tokens_inside(x) for x in (q, k, v))             # (B, H, n, d)
+    alpha, eta, theta = (_tokens_inside(g) for g in (alpha, eta, theta))       # (B, H, n)
     B, H, n = alpha.shape
     _, _, inner = mem_inner_grad_forward(M_s, k, v, phi, per_token=False)   # (A16): u_i = x_i^T delta_i at M_s
     xs, deltas = inner.zs[:-1], inner.deltas                     # L arrays (B, H, n, n_{l-1}), (B, H, n, n_l)
@@ -213,31 +225,41 @@ def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", r
     np.negative(P_S[..., 1:, 2:], out=P_S[..., 1:, 2:])          # -LE[tau, i] theta_i
     read = P_M[..., 1:, :] if read_after_write else P_M[..., :-1, :]    # token tau reads M_tau or M_{tau-1}
     c_beta, c_m, C = read[..., 0:1], read[..., 1:2], read[..., 2:]
-    rows, d1, zW, zS, zx = [], [], [], [], []
+    rows, d1 = [], []
     z = q
     for l, (W, S, x, delta) in enumerate(zip(M_s, S_s, xs, deltas)):   # (A15) with per-token weights
         rows.append(z)
-        zW.append(z @ W)
-        zS.append(z @ S)
-        zx.append(z @ _T(x))
-        a = c_beta * zW[l]                                       # (B, H, n, n_l)
-        a += c_m * zS[l]
-        a += (C * zx[l]) @ delta
+        zx = z @ _T(x)                                           # (B, H, n, n): [j, i] = rho_j . x_i
+        a = z @ W                                                # (B, H, n, n_l)
+        a *= c_beta
+        zS = z @ S
+        zS *= c_m
+        a += zS
+        a += (C * zx) @ delta
         if l < len(M_s) - 1:
             z, dphi, _ = activation_derivatives(a, phi, second=False)
             d1.append(dphi)
         else:
             z = a                                                # identity on the last layer
     c_n, s_n = P_M[..., n, :, None, None], P_S[..., n, :, None, None]     # (B, H, n+2, 1, 1)
-    M_n = tuple(c_n[..., 0, :, :] * W + c_n[..., 1, :, :] * S + _T(x) @ (P_M[..., n, 2:, None] * delta)
-                for W, S, x, delta in zip(M_s, S_s, xs, deltas))                          # (A17) at tau = n
-    S_n = tuple(s_n[..., 1, :, :] * S + _T(x) @ (P_S[..., n, 2:, None] * delta)
-                for S, x, delta in zip(S_s, xs, deltas))                                  # (A18) at tau = n
+    M_n, S_n = [], []
+    for W, S, x, delta in zip(M_s, S_s, xs, deltas):
+        M_l = _T(x) @ (P_M[..., n, 2:, None] * delta)            # (A17) at tau = n: sum_i P_M[n, 2+i] u_i
+        M_l += c_n[..., 0, :, :] * W                             #   + beta_n M_s
+        M_l += c_n[..., 1, :, :] * S                             #   + m_n S_s
+        S_l = _T(x) @ (P_S[..., n, 2:, None] * delta)            # (A18) at tau = n
+        S_l += s_n[..., 1, :, :] * S
+        M_n.append(M_l)
+        S_n.append(S_l)
+    M_n, S_n = tuple(M_n), tuple(S_n)
     K0 = np.zeros((B, H, n + 1, n), dtype=Kmat.dtype)
     K0[..., 1:, :] = Kmat
-    cache = ChunkCache(tuple(M_s), tuple(S_s), (alpha, eta, theta), inner, PA, PE, K0, P_M, P_S, rows, d1,
-                       zW, zS, zx, read_after_write)
-    return np.moveaxis(z, 2, 0), (M_n, S_n), cache
+    # the cache is kept for every chunk until the backward: every array left out of it is memory
+    # the forward does not have to take fresh from the system (page faults cost as much as the math)
+    inner = inner._replace(zs=inner.zs[:-1], e=None)
+    cache = ChunkCache(tuple(M_s), tuple(S_s), (alpha, eta, theta), inner, PA.copy(), PE[..., n, 1:].copy(),
+                       K0, P_M, P_S, rows, d1, read_after_write)
+    return _tokens_first(z), (M_n, S_n), cache
 
 
 def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndarray],
@@ -245,29 +267,33 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     """Adjoint of lmm_chunk_forward (A4.2, the token loop solved in dual form; see the module
     docstring). dy (n, B, H, d) is the reads' gradient; dM_n, dS_n the gradients of the chunk-end
     state arriving from later chunks (carried). second_order=False drops the ADJ term: wrong on
-    purpose, for demonstrating pitfall P1 only. The products Z_l W_l, Z_l S_l and Z_l X_l^T come
-    from the forward's cache; g_l Delta_l^T is formed once and used in steps 1, 2 and 4.
+    purpose, for demonstrating pitfall P1 only. Z_l X_l^T is formed again (not cached);
+    g_l Delta_l^T is formed once and used in steps 1, 2 and 4, g_l W_l^T and g_l S_l^T in steps 1 and 2.
 
     Returns:
         dq, dk, dv (n, B, H, d); dalpha, deta, dtheta (n, B, H); dM_s, dS_s (tuples like M_s).
     """
     M_s, S_s, (alpha, eta, theta), inner = cache.M_s, cache.S_s, cache.gates, cache.inner
-    PA, PE, K0, P_M, P_S = cache.PA, cache.PE, cache.K0, cache.P_M, cache.P_S
+    PA, PE_n, K0, P_M, P_S = cache.PA, cache.PE_n, cache.K0, cache.P_M, cache.P_S
     B, H, n = alpha.shape
     L = len(M_s)
-    xs, deltas = inner.zs[:-1], inner.deltas
-    rows, zW, zS, zx = cache.rows, cache.zW, cache.zS, cache.zx
+    xs, deltas = inner.zs[:L], inner.deltas
+    rows = cache.rows
+    # Z_l X_l^T again (B, H, n, n): one n x n product is cheaper than keeping it for every chunk
+    zx = [rho @ _T(x) for rho, x in zip(rows, xs)]
     reads = slice(1, n + 1) if cache.read_after_write else slice(0, n)   # the state index each token reads
     c_beta, c_m, C = P_M[..., reads, 0:1], P_M[..., reads, 1:2], P_M[..., reads, 2:]
     # 1. back through the reads: the read of token j gives M's layer l the gradient rho_j^T g_j
     gs = [None] * L                                              # g_l = dL/dA_l (B, H, n, n_l)
     gd = [None] * L                                              # g_l Delta_l^T (B, H, n, n): [j, i] = g_j . delta_i
-    da = np.moveaxis(dy, 0, 2)
+    gW, gS = [None] * L, [None] * L                              # g_l W_l^T, g_l S_l^T (B, H, n, n_{l-1})
+    da = _tokens_inside(dy)
     for l in reversed(range(L)):
         gs[l] = da
         gd[l] = da @ _T(deltas[l])
-        dz = c_beta * (da @ _T(M_s[l]))
-        dz += c_m * (da @ _T(S_s[l]))
+        gW[l], gS[l] = da @ _T(M_s[l]), da @ _T(S_s[l])
+        dz = c_beta * gW[l]
+        dz += c_m * gS[l]
         dz += (C * gd[l]) @ xs[l]
         if l > 0:
             da = dz * cache.d1[l - 1]
@@ -280,8 +306,8 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     x_dM, x_dS = [], []                                          # x_i dM_n, x_i dS_n (B, H, n, n_l)
     for l in range(L):
         g, x, delta = gs[l], xs[l], deltas[l]
-        Z[..., 0] += _rowdot(zW[l], g)                           # rho W g^T
-        Z[..., 1] += _rowdot(zS[l], g)
+        Z[..., 0] += _rowdot(rows[l], gW[l])                     # rho W g^T
+        Z[..., 1] += _rowdot(rows[l], gS[l])
         Z[..., 2:] += zx[l] * gd[l]                              # (rho_j . x_i)(g_j . delta_i)
         x_dM.append(x @ dM_n[l])
         x_dS.append(x @ dS_n[l])
@@ -292,7 +318,7 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     # 3. GM_t = sum_j PA[s_j, t] R_j + PA[n, t] dM_n,  GS_t = sum_j K0[s_j, t] R_j + K0[n, t] dM_n + PE[n, t] dS_n
     GA = _T(PA[..., reads, 1:])                                  # (B, H, n, n): [t, j] = PA[s_j, t]
     GK = _T(K0[..., reads, :])                                   # [t, j] = Kmat[s_j, t]
-    PA_n, K_n, PE_n = PA[..., n, 1:], K0[..., n, :], PE[..., n, 1:]   # (B, H, n)
+    PA_n, K_n = PA[..., n, 1:], K0[..., n, :]                    # (B, H, n), like PE_n
     M_prev, S_prev = P_M[..., :-1, :], P_S[..., :-1, :]          # coefficients of M_{t-1}, S_{t-1}
     dalpha = -(_rowdot(GA @ Z, M_prev) + PA_n * (M_prev @ z_M[..., None])[..., 0])    # -<GM_t, M_{t-1}>
     deta = (_rowdot(GK @ Z, S_prev) + K_n * (S_prev @ z_M[..., None])[..., 0]
@@ -315,18 +341,23 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
         du_delta.append(minus_theta * GS_delta)
     # 5. the chunk-start state: every M_tau holds beta_tau M_s + m_tau S_s, every S_tau P_E[tau, 0] S_s
     c_n, s_n = P_M[..., n, :, None, None], P_S[..., n, :, None, None]     # (B, H, n+2, 1, 1)
-    dM_s = [_T(rows[l]) @ (c_beta * gs[l]) + c_n[..., 0, :, :] * dM_n[l] for l in range(L)]
-    dS_s = [_T(rows[l]) @ (c_m * gs[l]) + c_n[..., 1, :, :] * dM_n[l] + s_n[..., 1, :, :] * dS_n[l]
-            for l in range(L)]
+    dM_s, dS_s = [], []
+    for l in range(L):
+        dM_l = _T(rows[l]) @ (c_beta * gs[l])                    # sum_j beta_{s_j} rho_j^T g_j
+        dM_l += c_n[..., 0, :, :] * dM_n[l]
+        dS_l = _T(rows[l]) @ (c_m * gs[l])                       # sum_j m_{s_j} rho_j^T g_j
+        dS_l += c_n[..., 1, :, :] * dM_n[l]
+        dS_l += s_n[..., 1, :, :] * dS_n[l]
+        dM_s.append(dM_l)
+        dS_s.append(dS_l)
     if second_order:                                             # u_t = grad l(M_s; k_t, v_t): ADJ
         dM_inner, dk, dv = mem_inner_grad_adjoint_projected(x_du, du_delta, inner)
-        dM_s = [a + b for a, b in zip(dM_s, dM_inner)]
+        for dM_l, dM_i in zip(dM_s, dM_inner):
+            dM_l += dM_i
     else:
         dk, dv = np.zeros_like(dq), np.zeros_like(dq)
-    time_first = lambda x: np.moveaxis(x, 2, 0)
-    gates_first = lambda g: np.moveaxis(g, -1, 0)
-    return (time_first(dq), time_first(dk), time_first(dv), gates_first(dalpha), gates_first(deta),
-            gates_first(dtheta), tuple(dM_s), tuple(dS_s))
+    return (_tokens_first(dq), _tokens_first(dk), _tokens_first(dv), _tokens_first(dalpha), _tokens_first(deta),
+            _tokens_first(dtheta), tuple(dM_s), tuple(dS_s))
 
 
 # ----------------------------------------------------------------- one token: the sequential model

@@ -43,9 +43,11 @@ def _sigmoid(a: np.ndarray) -> np.ndarray:
     """Logistic function 1 / (1 + exp(-a)): one exp, one add, one reciprocal, within a few ulp
     everywhere. Far below zero (float64: a < -709) exp(-a) overflows to inf (the warning is
     silenced) and the result is 0, against a true value below the smallest normal number."""
+    e = np.empty(np.shape(a), dtype=np.result_type(a, 0.0))     # one buffer for every step
+    np.negative(a, out=e)
     with np.errstate(over="ignore"):
-        e = np.exp(np.negative(a, dtype=np.result_type(a, 0.0)))
-    e = np.add(e, 1.0, out=np.empty(np.shape(e), dtype=e.dtype))
+        np.exp(e, out=e)
+    e += 1.0
     return np.reciprocal(e, out=e)
 
 
@@ -200,9 +202,9 @@ class InnerGradCache(NamedTuple):
     v: np.ndarray        # (..., d) values
     zs: list             # z_0 = k, z_1 .. z_L (z_L = M(k))
     d1: list             # phi'(a_l), l = 1 .. L-1
-    d2: list             # phi''(a_l), l = 1 .. L-1
+    pd2: list            # p_l phi''(a_l), l = 1 .. L-1, p_l = delta_{l+1} W_{l+1}^T (the dz of eq. (A11)):
+                         # the adjoint needs p_l and phi''(a_l) only as this product
     deltas: list         # delta_1 .. delta_L (..., n_l)
-    ps: list             # p_l = delta_{l+1} W_{l+1}^T, l = 1 .. L-1 (the dz of eq. (A11))
     e: np.ndarray        # (..., d) residual M(k) - v
 
 
@@ -223,27 +225,27 @@ def mem_inner_grad_forward(Ws: Sequence[np.ndarray], k: np.ndarray, v: np.ndarra
     """
     Ws = tuple(Ws)
     L = len(Ws)
-    zs, d1, d2 = [k], [], []
+    zs, d1, pd2 = [k], [], []
     z = k
     for l, W in enumerate(Ws):
         a = _times(z, W)                                         # (..., n_l)
         if l < L - 1:
             z, p1, p2 = activation_derivatives(a, phi)
             d1.append(p1)
-            d2.append(p2)
+            pd2.append(p2)                                       # times p_l below, in place
         else:
             z = a
         zs.append(z)
     e = zs[L] - v                                                # (..., d)
     deltas = [None] * L
-    ps = [None] * (L - 1)
     deltas[L - 1] = 2.0 * e                                      # (A9): grad of ||e||^2 w.r.t. the output
     for l in reversed(range(L - 1)):
-        ps[l] = _times_T(deltas[l + 1], Ws[l + 1])               # (..., n_l)  dz of (A11)
-        deltas[l] = ps[l] * d1[l]                                # da of (A11)
+        p = _times_T(deltas[l + 1], Ws[l + 1])                   # (..., n_l)  dz of (A11)
+        deltas[l] = p * d1[l]                                    # da of (A11)
+        pd2[l] *= p
     us = tuple(_per_row_outer(zs[l], deltas[l]) for l in range(L)) if per_token else None   # z_{l-1}^T delta_l
     loss = np.sum(e * e, axis=-1)
-    return us, loss, InnerGradCache(Ws, v, zs, d1, d2, deltas, ps, e)
+    return us, loss, InnerGradCache(Ws, v, zs, d1, pd2, deltas, e)
 
 
 def mem_inner_grad_adjoint(dus: Sequence[np.ndarray], cache: InnerGradCache):
@@ -273,7 +275,7 @@ def mem_inner_grad_adjoint_projected(zG: Sequence[np.ndarray], Gdelta: Sequence[
     Returns:
         the same as mem_inner_grad_adjoint.
     """
-    Ws, v, zs, d1, d2, deltas, ps, e = cache
+    Ws, v, zs, d1, pd2, deltas, _ = cache                  # e and z_L are not needed (the chunked form drops them)
     L = len(Ws)
     dWs = [None] * L                        # filled by their first term (no zeros to add to)
     dzs = [0.0] * (L + 1)
@@ -285,15 +287,15 @@ def mem_inner_grad_adjoint_projected(zG: Sequence[np.ndarray], Gdelta: Sequence[
         dzs[l - 1] = dzs[l - 1] + Gdelta[l - 1]
         if l < L:                           # delta_l = p_l * phi'(a_l), p_l = delta_{l+1} W_{l+1}^T
             dp = ddeltas[l] * d1[l - 1]
-            das[l] = das[l] + ddeltas[l] * ps[l - 1] * d2[l - 1]
+            das[l] = das[l] + ddeltas[l] * pd2[l - 1]
             ddeltas[l + 1] = ddeltas[l + 1] + _times(dp, Ws[l])
-            _accumulate(dWs, l, _weight_grad(dp, deltas[l], Ws[l]), Ws[l], e.dtype)
+            _accumulate(dWs, l, _weight_grad(dp, deltas[l], Ws[l]), Ws[l], deltas[-1].dtype)
         else:                               # delta_L = 2 (z_L - v)
             dzs[L] = dzs[L] + 2.0 * ddeltas[L]
             dv = -2.0 * ddeltas[L]
     for l in range(L, 0, -1):              # back through the forward pass a_l = z_{l-1} W_l
         da = dzs[l] + das[l] if l == L else dzs[l] * d1[l - 1] + das[l]
-        _accumulate(dWs, l - 1, _weight_grad(zs[l - 1], da, Ws[l - 1]), Ws[l - 1], e.dtype)
+        _accumulate(dWs, l - 1, _weight_grad(zs[l - 1], da, Ws[l - 1]), Ws[l - 1], deltas[-1].dtype)
         dzs[l - 1] = dzs[l - 1] + _times_T(da, Ws[l - 1])
     return tuple(dWs), dzs[0], dv
 
