@@ -71,6 +71,12 @@ numpy 2.4, torch 2.13 CPU; candidate / baseline):
     (T = 4096); manual vs autodiff 8.9x, 9.0x, MAG 5.8x; PyTorch / minimem 4.5x, 3.2x, 3.4x, 3.1x
     (small) and 2.1x, 2.0x, 2.1x, 1.6x (large); torch_recurrence 13.8x.
 
+Later in the same session, on a quiet machine (load ~1) after a round on the chunked path (smaller
+chunk caches, a faster decay_products; b = 64 ~1.2x in a fresh process): chunked vs sequential
+T = 1024: b = 16 4.5x, b = 64 6.0x (894 ms / 149 ms); T = 4096: 4.1x and 6.2x (3.32 s / 536 ms);
+manual vs autodiff 9.3x (b = 1), 8.8x (b = 8), MAG 7.0x; PyTorch / minimem 3.4x, 3.5x, 2.9x, 2.8x
+(T = 32) and 2.7x, 2.7x, 1.7x, 2.0x (T = 1024; float64, float32 per chunk size).
+
 benchmarks(quick=False) returns {name: fn(rounds) -> rows} with the rows of minimem.bench;
 quick=True shrinks every size so that the functions run in about a second (tests).
 """
