@@ -4,9 +4,12 @@ Ww @ dM, usage is stamped from the arrays, and the read adjoint uses the rows th
 
 import minimem  # noqa: F401  (pins BLAS threads before numpy)
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from minimem.memory.addressing import content_backward, content_forward
+from minimem.memory.sam import SAMConfig, SparseStep, _outputs_backward, output_backward, output_forward
+from minimem.memory.sam_interface import SAMInterface, interface_backward, interface_forward, interface_size
 from minimem.memory.sam_sparse import (
     INDEX_DTYPE, _csr, _row_sums, read_weights_csr, sparse_read_backward, sparse_read_forward,
     sparse_write_forward, stamp_accesses, usage_update, write_weights_csr,
@@ -96,3 +99,44 @@ def test_read_adjoint_on_recorded_rows_equals_a_fresh_gather():
     np.testing.assert_array_equal(dq, dq_ref)
     np.testing.assert_array_equal(dbeta, dbeta_ref)
     np.testing.assert_array_equal(dM.reshape(B * N, W), dM_ref)
+
+
+def test_interface_slope_from_the_forward_equals_the_recomputed_one():
+    """interface_forward keeps sigmoid(beta_hat) (one sigmoid with the gates); the backward gives the
+    same bits as with a cache that lacks it (recomputed), and validate=False changes nothing."""
+    rng = np.random.default_rng(5)
+    R, W, B = 3, 4, 5
+    p = 3.0 * rng.standard_normal((B, interface_size(R, W)))
+    for squash in (None, "tanh"):
+        parsed, cache = interface_forward(p, R, W, squash)
+        unchecked, cache_u = interface_forward(p, R, W, squash, validate=False)
+        for a, b in zip(parsed, unchecked):
+            np.testing.assert_array_equal(a, b)
+        d = SAMInterface(*(rng.standard_normal(np.shape(f)) for f in parsed))
+        np.testing.assert_array_equal(interface_backward(d, cache), interface_backward(d, cache._replace(slope=None)))
+    with pytest.raises(ValueError, match="P = R"):
+        interface_forward(p[:, 1:], R, W)
+
+
+def test_output_adjoint_over_all_steps_equals_step_by_step():
+    """The backward runs step 9's adjoint once over (T, B): the input gradients are the per-step
+    ones and dW_o, db_o the per-step sums, up to rounding (one product instead of T)."""
+    rng = np.random.default_rng(6)
+    config = SAMConfig(X=3, Y=4, N=8, W=5, R=2, K=3, H=6)
+    params = {"output.W": rng.standard_normal((config.H + config.R * config.W, config.Y)),
+              "output.b": rng.standard_normal(config.Y)}
+    T, B = 5, 3
+    hs, rs = rng.standard_normal((T, B, config.H)), rng.standard_normal((T, B, config.R, config.W))
+    dys = rng.standard_normal((T, B, config.Y))
+    steps = [SparseStep(None, None, None, output_forward(hs[t], rs[t], params)[1]) for t in range(T)]
+    dhs, drs, grads = _outputs_backward(dys, steps, config)
+    assert dhs.shape == (T, B, config.H) and drs.shape == (T, B, config.R, config.W)
+    total = {name: np.zeros_like(value) for name, value in params.items()}
+    for t in range(T):
+        dh, dr, g = output_backward(dys[t], steps[t].output, config)
+        np.testing.assert_allclose(dhs[t], dh, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(drs[t], dr, rtol=1e-13, atol=1e-13)
+        for name in total:
+            total[name] += g[name]
+    for name in total:
+        np.testing.assert_allclose(grads[name], total[name], rtol=1e-13, atol=1e-13)

@@ -87,13 +87,15 @@ class ControllerCache(NamedTuple):
     interface: object            # step 2, sam_interface.InterfaceCache
 
 
-def controller_step_forward(x, r_prev, h_prev, c_prev, params: Mapping, config: SAMConfig):
-    """Steps 1-2: (h, c, SAMInterface, cache) from x (B, X), r_{t-1} (B, R, W), h, c (B, H)."""
+def controller_step_forward(x, r_prev, h_prev, c_prev, lstm: Mapping, params: Mapping, config: SAMConfig):
+    """Steps 1-2: (h, c, SAMInterface, cache) from x (B, X), r_{t-1} (B, R, W), h, c (B, H).
+    lstm: the controller.* parameters under minimem.nn.lstm's names (strip_prefix, once per
+    sequence); params: the parameter dict (interface.W, interface.b), checked at the sequence entry."""
     B, R, W = x.shape[0], config.R, config.W
     chi = np.concatenate([x, r_prev.reshape(B, R * W)], axis=1)                      # (B, X + RW)
-    (h, c), c_lstm = lstm_step_forward(chi, h_prev, c_prev, strip_prefix("controller", params))
+    (h, c), c_lstm = lstm_step_forward(chi, h_prev, c_prev, lstm)
     p, c_linear = linear_forward(h, params["interface.W"], params["interface.b"])   # (B, P)
-    iface, c_iface = interface_forward(p, R, W, config.write_squash)
+    iface, c_iface = interface_forward(p, R, W, config.write_squash, validate=False)
     return h, c, iface, ControllerCache(c_lstm, c_linear, c_iface)
 
 
@@ -115,10 +117,21 @@ def output_forward(h, r, params: Mapping):
 
 
 def output_backward(dy, cache: LinearCache, config: SAMConfig):
-    """Adjoint of step 9: (dh (B, H), dr (B, R, W), {output.W, output.b})."""
+    """Adjoint of step 9: (dh (..., H), dr (..., R, W), {output.W, output.b}) for dy (..., Y), with
+    the leading axes of output_forward ((B,) or (T, B))."""
     dhr, dW, db = linear_backward(dy, cache)
     H = config.H
-    return dhr[:, :H], dhr[:, H:].reshape(dy.shape[0], config.R, config.W), {"output.W": dW, "output.b": db}
+    return dhr[..., :H], dhr[..., H:].reshape(dy.shape[:-1] + (config.R, config.W)), {"output.W": dW, "output.b": db}
+
+
+def _outputs_backward(dys, steps: list, config: SAMConfig):
+    """Adjoint of step 9 for every t at once (y_t feeds nothing back into the recurrence): one
+    product over the (T, B) rows [h_t; r_t] the steps kept instead of T small ones. Returns
+    (dh (T, B, H), dr (T, B, R, W), {output.W, output.b}); the weight gradients are the per-step
+    sums up to rounding."""
+    first = steps[0].output
+    stacked = LinearCache(np.stack([step.output.x for step in steps]), first.W, first.has_bias)
+    return output_backward(dys, stacked, config)
 
 
 def _accumulate(total: dict, grads: dict) -> None:
@@ -248,6 +261,7 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
                     lookup: SAMLookup | None, in_place: bool):
     T, B, _ = xs.shape
     R, K, discount = config.R, config.K, config.discount_or_none
+    lstm = strip_prefix("controller", params)                        # split once, not per step
     M = state.M if in_place else np.array(state.M, order="C", copy=True)   # THE memory buffer (B, N, W)
     last, usage = np.array(state.last, copy=True), np.array(state.usage, copy=True)
     index, weight, r, h, c = state.read_index, state.read_weight, state.r, state.h, state.c
@@ -260,7 +274,7 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
     steps, lras, indexes = [], np.empty((T, B), INDEX_DTYPE), np.empty((T, B, R, K), INDEX_DTYPE)
     for t in range(T):
         now = state.t + t + 1
-        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, params, config)         # 1.-2.
+        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, lstm, params, config)   # 1.-2.
         if frozen is not None:
             lra = frozen.lra[t]
         else:
@@ -298,13 +312,14 @@ def _make_index(config: SAMConfig, M: np.ndarray):
 def _dense_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy_final_memory: bool):
     T, B, _ = xs.shape
     N, R, K = config.N, config.R, config.K
+    lstm = strip_prefix("controller", params)                        # split once, not per step
     M, last, usage, r, h, c = state.M, state.last, state.usage, state.r, state.h, state.c
     w_read = np.zeros((B, R, N), dtype=config.dtype)
     np.put_along_axis(w_read, state.read_index, state.read_weight, axis=-1)      # (B, R, N), 0 if empty
     ys = np.empty((T, B, config.Y), dtype=config.dtype)
     steps, lras, indexes = [], np.empty((T, B), INDEX_DTYPE), np.empty((T, B, R, K), INDEX_DTYPE)
     for t in range(T):
-        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, params, config)         # 1.-2.
+        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, lstm, params, config)   # 1.-2.
         (M, last, usage, w_read, r), c_access = dense_access_forward(
             M, last, usage, w_read, iface.q, iface.beta, iface.a, iface.alpha, iface.gamma, state.t + t + 1,
             K, config.delta, config.discount_or_none, None if frozen is None else frozen.lra[t],
@@ -355,16 +370,16 @@ def _sparse_backward(dys, cache: SAMCache, dstate: SAMGrad, grads: dict, owned: 
     cache.applied = len(steps)
     dM = dstate.M if owned else np.array(dstate.M, order="C", copy=True)   # THE gradient buffer (B, N, W)
     dweight, dr_carry, dh, dc = dstate.read_weight, dstate.r, dstate.h, dstate.c
+    dh_out, dr, g_out = _outputs_backward(dys, steps, config)              # 9. (T, B, H), (T, B, R, W)
+    _accumulate(grads, g_out)
     for t in reversed(range(len(steps))):
         step = steps[t]
-        dh_out, dr, g_out = output_backward(dys[t], step.output, config)                          # 9.
-        dq, dbeta = sparse_read_backward(dr + dr_carry, dweight, M, dM, step.read)                # 7. M holds M_t
+        dq, dbeta = sparse_read_backward(dr[t] + dr_carry, dweight, M, dM, step.read)             # 7. M holds M_t
         sparse_write_revert(M, step.write)                                                         # 6. M holds M_{t-1}
         cache.applied = t
         da, dalpha, dgamma, dweight = sparse_write_backward(dM, step.write)                       # 6.-4.
         dr_carry, dh, dc, g_controller = controller_step_backward(
-            dh_out + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, config)  # 2.-1.
-        _accumulate(grads, g_out)
+            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, config)  # 2.-1.
         _accumulate(grads, g_controller)
     return SAMGrad(dM, dweight, dr_carry, dh, dc)
 
@@ -375,14 +390,14 @@ def _dense_backward(dys, cache: SAMCache, dstate: SAMGrad, grads: dict) -> SAMGr
     dM, dr_carry, dh, dc = dstate.M, dstate.r, dstate.h, dstate.c
     dw_read = np.zeros((B, R, N), dtype=dys.dtype)
     np.put_along_axis(dw_read, cache.final_state.read_index, dstate.read_weight, axis=-1)
+    dh_out, dr, g_out = _outputs_backward(dys, steps, config)              # 9. (T, B, H), (T, B, R, W)
+    _accumulate(grads, g_out)
     for t in reversed(range(len(steps))):
         step = steps[t]
-        dh_out, dr, g_out = output_backward(dys[t], step.output, config)                          # 9.
         dM, dw_read, dq, dbeta, da, dalpha, dgamma = dense_access_backward(
-            dM, dw_read, dr + dr_carry, step.access)                                               # 8.-3.
+            dM, dw_read, dr[t] + dr_carry, step.access)                                            # 8.-3.
         dr_carry, dh, dc, g_controller = controller_step_backward(
-            dh_out + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, config)  # 2.-1.
-        _accumulate(grads, g_out)
+            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, config)  # 2.-1.
         _accumulate(grads, g_controller)
     dweight0 = np.take_along_axis(dw_read, cache.state0.read_index, axis=-1)
     return SAMGrad(dM, dweight0, dr_carry, dh, dc)

@@ -41,7 +41,8 @@ def interface_size(R: int, W: int) -> int:
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     """1 / (1 + exp(-z)) in the two-branch form (exp of a non-positive number only)."""
     e = np.exp(-np.abs(z))
-    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(z.dtype, copy=False)
+    d = 1.0 + e
+    return np.where(z >= 0, 1.0 / d, e / d).astype(z.dtype, copy=False)
 
 
 class SAMInterface(NamedTuple):
@@ -59,6 +60,7 @@ class InterfaceCache(NamedTuple):
     R: int
     W: int
     write_squash: str | None     # None or "tanh"
+    slope: np.ndarray | None = None   # (B, R, 1) sigmoid(beta_hat) = d beta / d beta_hat (None: recomputed)
 
 
 def _check_p(p, R: int, W: int, write_squash) -> None:
@@ -70,43 +72,49 @@ def _check_p(p, R: int, W: int, write_squash) -> None:
                          f"got {tuple(p.shape)}")
 
 
-def interface_forward(p: np.ndarray, R: int, W: int,
-                      write_squash: str | None = None) -> tuple[SAMInterface, InterfaceCache]:
+def interface_forward(p: np.ndarray, R: int, W: int, write_squash: str | None = None, *,
+                      validate: bool = True) -> tuple[SAMInterface, InterfaceCache]:
     """Split and constrain the interface vector, spec C.3 step 2 (layout in the module docstring).
 
     Args:
         p: (B, P) interface vector p_t = h_t @ W_p + b_p.
         R, W: read heads and word size. write_squash: None (paper) or "tanh" for a_t.
+        validate: False skips checking p and write_squash (sam_forward's time loop: p is the
+            product it just formed with parameters checked at the sequence entry).
     Returns:
         SAMInterface (fields shaped as in its definition), and the cache for interface_backward.
     """
-    p = np.asarray(p)
-    _check_p(p, R, W, write_squash)
+    if validate:
+        p = np.asarray(p)
+        _check_p(p, R, W, write_squash)
     B = p.shape[0]
     heads = p[:, :R * (W + 1)].reshape(B, R, W + 1)                      # (B, R, W + 1)
     a = p[:, R * (W + 1):R * (W + 1) + W]                                # (B, W)
-    gates = _sigmoid(p[:, -2:])                                          # (B, 2) alpha, gamma at once
+    # one sigmoid for the R strengths' slopes and both gates: (B, R + 2)
+    squashed = _sigmoid(np.concatenate([heads[:, :, W], p[:, -2:]], axis=1))
     parsed = SAMInterface(
         q=heads[:, :, :W],                                               # (B, R, W)
         beta=1.0 + np.logaddexp(0.0, heads[:, :, W:]).astype(p.dtype, copy=False),  # (B, R, 1) oneplus
         a=np.tanh(a) if write_squash == "tanh" else a,                   # (B, W)
-        alpha=gates[:, :1],                                              # (B, 1)
-        gamma=gates[:, 1:],                                              # (B, 1)
+        alpha=squashed[:, R:R + 1],                                      # (B, 1)
+        gamma=squashed[:, R + 1:],                                       # (B, 1)
     )
-    return parsed, InterfaceCache(p, parsed, R, W, write_squash)
+    return parsed, InterfaceCache(p, parsed, R, W, write_squash, squashed[:, :R, None])
 
 
 def interface_backward(dinterface: SAMInterface, cache: InterfaceCache) -> np.ndarray:
     """Adjoint of interface_forward. dinterface holds one gradient per field, shaped like it.
     Returns dp (B, P): identity pieces pass through; d beta_hat = d beta sigmoid(beta_hat);
     tanh: d a_hat = d a (1 - a^2); gates: d hat = d g g (1 - g)."""
-    p, parsed, R, W, write_squash = cache
+    p, parsed, R, W, write_squash, slope = cache
     B = p.shape[0]
+    if slope is None:                                                    # a cache assembled by hand
+        slope = _sigmoid(p[:, :R * (W + 1)].reshape(B, R, W + 1)[:, :, W:])
     d = dinterface
     dp = np.empty_like(p)                                                # (B, P), every entry set below
     dheads = dp[:, :R * (W + 1)].reshape(B, R, W + 1)                    # a view into dp
     dheads[:, :, :W] = d.q
-    dheads[:, :, W:] = d.beta * _sigmoid(p[:, :R * (W + 1)].reshape(B, R, W + 1)[:, :, W:])
+    dheads[:, :, W:] = d.beta * slope                                    # oneplus' = sigmoid
     da = d.a * (1.0 - parsed.a * parsed.a) if write_squash == "tanh" else d.a
     dp[:, R * (W + 1):R * (W + 1) + W] = da
     dp[:, -2:-1] = d.alpha * parsed.alpha * (1.0 - parsed.alpha)

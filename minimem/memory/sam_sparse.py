@@ -371,13 +371,15 @@ def sparse_read_forward(M: np.ndarray, q: np.ndarray, beta: np.ndarray, K: int,
         K: slots per head, 1 <= K <= N.
         index: (B, R, K) recorded sets to replay (None: exact top-K, ties to the lowest index).
         candidates: None, or a callable (q) -> (B, R, K) int index sets (an approximate index).
-        validate: False skips checking the index sets (sam_forward's time loop: recorded sets were
-            checked when the forward was called, an index's answers are well formed by construction).
+        validate: False skips checking K and the index sets (sam_forward's time loop: K and the
+            recorded sets were checked when the forward was called, an index's answers are well
+            formed by construction).
     Returns:
         r (B, R, W), and the ReadRecord.
     """
     B, N, W = M.shape
-    K = check_K(K, N)
+    if validate:
+        K = check_K(K, N)
     if index is None:
         if candidates is not None:
             index = candidates(q)
