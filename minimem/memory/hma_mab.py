@@ -1,6 +1,6 @@
 """The multi-head attention block (MAB) of HMA (specs/nam_hma.md B2-B3): Set-Transformer style
 cross-attention with pre-layer-norm, a residual from the un-normalised queries and a GELU
-feed-forward, plus the exact-erf GELU pair it needs. minimem.memory.hma builds the head from two
+feed-forward with the exact (erf) GELU of minimem.nn.gelu. minimem.memory.hma builds the head from two
 of these blocks.
 
 Shapes: B sets (a batch of sets), Tq queries per set, Tk keys of the set's own, Ts keys shared by
@@ -35,48 +35,17 @@ PyTorch's MAB (fc_q, fc_k, fc_v, fc_res, rff) maps as W = Linear.weight.T, b = L
 
 from __future__ import annotations
 
-import math
 from typing import Mapping, NamedTuple
 
 import numpy as np
-from scipy.special import erf
 
 from minimem import autodiff as ad
 from minimem.nn.attention import dot_product_attention_autodiff
+from minimem.nn.gelu import gelu_erf_autodiff, gelu_erf_backward, gelu_erf_forward
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward, layernorm_init
 from minimem.nn.linear import linear_autodiff, linear_backward, linear_forward, linear_init, with_prefix
 
 LN_EPS = 1e-12        # the reference's LayerNorm eps (spec B2)
-SQRT2 = math.sqrt(2.0)
-
-
-# ----------------------------------------------------------------- exact GELU
-def gelu_forward(z: np.ndarray):
-    """GELU(z) = z Phi(z), Phi the standard normal CDF via erf (exact, not the tanh approximation).
-    Returns a (shape of z) and the cache."""
-    Phi = 0.5 * (1.0 + erf(z / SQRT2))
-    return z * Phi, (z, Phi)
-
-
-def gelu_backward(dout: np.ndarray, cache) -> np.ndarray:
-    """dz = dout (Phi(z) + z phi(z)), phi the standard normal density."""
-    z, Phi = cache
-    phi = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
-    return dout * (Phi + z * phi)
-
-
-def erf_autodiff(x) -> ad.Tensor:
-    """erf as an autodiff op, d erf(x) / dx = 2 / sqrt(pi) exp(-x^2) written in Tensor ops (so it can be
-    differentiated again). minimem.autodiff has no erf; it lives here until it does."""
-    x = ad.as_tensor(x)
-    return ad.Tensor.from_op(erf(x.data), (x,), lambda g: (g * (2.0 / math.sqrt(math.pi)) * ad.exp(-(x * x)),),
-                             "erf")
-
-
-def gelu_autodiff(z) -> ad.Tensor:
-    """Autodiff twin of gelu_forward, through erf (not through the manual derivative)."""
-    z = ad.as_tensor(z)
-    return 0.5 * z * (1.0 + erf_autodiff(z / SQRT2))
 
 
 # ----------------------------------------------------------------- attention with shared keys
@@ -287,7 +256,7 @@ def mab_forward(X: np.ndarray, Y: np.ndarray | None, params: Mapping[str, np.nda
     Hm = O + R                                                                       # MAB-3
     Hn, ln_ff = layernorm_forward(Hm, params["ln_ff.gain"], params["ln_ff.bias"], eps)  # MAB-4
     Z1, ff0 = linear_forward(Hn, params["ff0.W"], params["ff0.b"])                   # (B, Tq, F)
-    A1, gelu_cache = gelu_forward(Z1)
+    A1, gelu_cache = gelu_erf_forward(Z1)
     if dropout is not None:
         A1 = A1 * dropout.hidden
     Z2, ff1 = linear_forward(A1, params["ff1.W"], params["ff1.b"])                   # (B, Tq, Dc)
@@ -308,7 +277,7 @@ def mab_backward(dout: np.ndarray, cache: MABCache):
     dA1, grads["ff1.W"], grads["ff1.b"] = linear_backward(dZ2, c.ff1)                # MAB-4, walked back
     if c.dropout is not None:
         dA1 = dA1 * c.dropout.hidden
-    dZ1 = gelu_backward(dA1, c.gelu)
+    dZ1 = gelu_erf_backward(dA1, c.gelu)
     dHn, grads["ff0.W"], grads["ff0.b"] = linear_backward(dZ1, c.ff0)
     dHm_ln, grads["ln_ff.gain"], grads["ln_ff.bias"] = layernorm_backward(dHn, c.ln_ff)
     dHm += dHm_ln
@@ -379,7 +348,7 @@ def mab_autodiff(X, Y, tparams: Mapping[str, ad.Tensor], heads: int, scale: floa
         O = O * dropout.attn
     R = linear_autodiff(X, tparams["res.W"], tparams["res.b"]) if "res.W" in tparams else X
     Hm = O + R                                                                       # MAB-3
-    A1 = gelu_autodiff(linear_autodiff(layernorm_autodiff(Hm, tparams["ln_ff.gain"], tparams["ln_ff.bias"], eps),
+    A1 = gelu_erf_autodiff(linear_autodiff(layernorm_autodiff(Hm, tparams["ln_ff.gain"], tparams["ln_ff.bias"], eps),
                                        tparams["ff0.W"], tparams["ff0.b"]))          # MAB-4
     if dropout is not None:
         A1 = A1 * dropout.hidden

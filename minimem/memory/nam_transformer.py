@@ -13,6 +13,7 @@ Equations (the spec's labels; the paper's numbering could not be consulted):
  each block l, pre-LN, residual:
     (NT-6)  x <- x + Attn(LN_1(x))                                  Attn = NAM | softmax | linear
     (NT-7)  x <- x + GELU(LN_2(x) W_1 + b_1) W_2 + b_2              GELU with the tanh approximation
+                                                                    (minimem.nn.gelu)
  then
     (NT-8)  y = LN_f(x);  r = y[:, 0] ("first": the CLS / query row), the masked mean over the real
             rows ("mean"), or every row ("tokens");  logits = relu(r W_h1 + b_h1) W_h2 + b_h2
@@ -44,7 +45,6 @@ Parameters (model.params, in this order; every weight used as `x @ W`):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Mapping, NamedTuple
 
@@ -57,6 +57,7 @@ from minimem.memory.nam_attention import (
     nam_attention_init, nam_attention_layer_autodiff, nam_attention_layer_backward, nam_attention_layer_forward,
 )
 from minimem.nn.attention import attention_autodiff, attention_backward, attention_forward, attention_init
+from minimem.nn.gelu import gelu_tanh_autodiff, gelu_tanh_backward, gelu_tanh_forward
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward
 from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
@@ -68,49 +69,6 @@ ATTENTIONS = ("nam", "softmax", "linear")
 READOUTS = ("first", "mean", "tokens")
 POSITIONS = ("learned", "sinusoidal", "none")
 LINEAR_EPS = 1e-6                    # the Linear Transformer's denominator floor (spec A6.3)
-GELU_C = math.sqrt(2.0 / math.pi)
-
-
-# ----------------------------------------------------------------- GELU, tanh approximation
-def gelu_forward(z: np.ndarray):
-    """gelu(z) = 0.5 z (1 + tanh(c (z + 0.044715 z^3))), c = sqrt(2 / pi). Returns (a, cache).
-    Computed in two buffers, operation for operation as written (z * z * z: far faster than z ** 3)."""
-    t = z * z
-    t *= z
-    t *= 0.044715
-    t += z
-    t *= GELU_C
-    np.tanh(t, out=t)                                       # t = tanh(c (z + 0.044715 z^3))
-    a = t + 1.0
-    a *= z
-    a *= 0.5                                                # (1 + t) z 0.5 = 0.5 z (1 + t) exactly
-    return a, (z, t)
-
-
-def gelu_backward(da: np.ndarray, cache) -> np.ndarray:
-    """dz = da (0.5 (1 + t) + 0.5 z (1 - t^2) c (1 + 3 * 0.044715 z^2)), reusing the forward's t;
-    three buffers instead of a dozen temporaries."""
-    z, t = cache
-    dz = t + 1.0
-    dz *= 0.5                                               # 0.5 (1 + t)
-    b = t * t
-    np.subtract(1.0, b, out=b)
-    b *= z
-    b *= 0.5
-    b *= GELU_C                                             # 0.5 z (1 - t^2) c
-    c = z * (3 * 0.044715)
-    c *= z
-    c += 1.0                                                # 1 + 3 * 0.044715 z^2
-    b *= c
-    dz += b
-    dz *= da
-    return dz
-
-
-def gelu_autodiff(z) -> ad.Tensor:
-    """Autodiff twin of gelu_forward."""
-    z = ad.as_tensor(z)
-    return 0.5 * z * (1.0 + ad.tanh(GELU_C * (z + 0.044715 * z * z * z)))
 
 
 # ----------------------------------------------------------------- the (masked) kernel product
@@ -506,7 +464,7 @@ def block_forward(x, params, config: NAMTransformerConfig, key_mask, rows: int |
         x = x[:, :rows] + a
     h, ln2 = layernorm_forward(x, params["ln2.gain"], params["ln2.bias"], eps)                     # 3.
     z, fc1 = linear_forward(h, params["mlp.layer0.W"], params["mlp.layer0.b"])                     # 4.
-    g, gelu = gelu_forward(z)
+    g, gelu = gelu_tanh_forward(z)
     m, fc2 = linear_forward(g, params["mlp.layer1.W"], params["mlp.layer1.b"])
     return x + m, BlockCache(ln1, attn, ln2, fc1, gelu, fc2, None if rows is None else h.shape[1])
 
@@ -515,7 +473,7 @@ def block_backward(dx, cache: BlockCache, config: NAMTransformerConfig):
     """Adjoint of block_forward. Returns (dx (B, T, D), unprefixed parameter gradients)."""
     grads = {}
     dg, grads["mlp.layer1.W"], grads["mlp.layer1.b"] = linear_backward(dx, cache.fc2)              # 4.
-    dh, grads["mlp.layer0.W"], grads["mlp.layer0.b"] = linear_backward(gelu_backward(dg, cache.gelu), cache.fc1)
+    dh, grads["mlp.layer0.W"], grads["mlp.layer0.b"] = linear_backward(gelu_tanh_backward(dg, cache.gelu), cache.fc1)
     dh, grads["ln2.gain"], grads["ln2.bias"] = layernorm_backward(dh, cache.ln2)                    # 3.
     dx = dx + dh
     dh, attn_grads = attention_layer_backward(config.attention, dx, cache.attn)                    # 2.
@@ -621,7 +579,7 @@ def nam_transformer_autodiff(tparams: Mapping[str, ad.Tensor], inputs, config: N
         x = x + attention_layer_autodiff(config.attention, h, strip_prefix("attn", p), config.heads, attn_mask,
                                          config.causal, config.chunk)
         h = layernorm_autodiff(x, p["ln2.gain"], p["ln2.bias"], eps)
-        g = gelu_autodiff(linear_autodiff(h, p["mlp.layer0.W"], p["mlp.layer0.b"]))
+        g = gelu_tanh_autodiff(linear_autodiff(h, p["mlp.layer0.W"], p["mlp.layer0.b"]))
         x = x + linear_autodiff(g, p["mlp.layer1.W"], p["mlp.layer1.b"])
     y = layernorm_autodiff(x, tparams["final_ln.gain"], tparams["final_ln.bias"], eps)
     if config.readout == "first":

@@ -13,7 +13,8 @@ protocol used by gradcheck and training: `model.params` (read at call time), `mo
 `model.forward_autodiff(tparams, inputs) -> Tensor`. Losses are separate pairs (losses.py).
 
 Modules: linear (x @ W + b), lstm (gate order i, f, g, o; BPTT), mlp, layernorm, attention
-(multi-head scaled dot-product with masks), losses (sigmoid / softmax cross-entropy, squared error).
+(multi-head scaled dot-product with masks), gelu (the exact erf form and the tanh approximation),
+losses (sigmoid / softmax cross-entropy, squared error).
 """
 
 from minimem.nn.attention import (
