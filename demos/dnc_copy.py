@@ -43,13 +43,13 @@ dnc_copy_generalisation.png (bit errors and the fraction of perfect copies again
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.dnc import DNC, DNCConfig
 from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
@@ -86,11 +86,7 @@ QUICK = dict(steps=150, max_len=3, H=32, eval_every=50, log_every=50, gen_max_le
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -209,10 +205,7 @@ def plot(out: Path, result, evals: list, model: DNC, config: Config, gen_rows: l
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     print(f"dnc_copy: {config}", flush=True)
     started = time.perf_counter()
 

@@ -43,13 +43,13 @@ the usage, and the write, allocation and free gates over time) to --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.dnc import DNC, DNCConfig
 from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
@@ -88,27 +88,8 @@ class Config:
 QUICK = dict(steps=120, H=32, eval_every=40, log_every=40)
 
 
-def _flag_type(default):
-    """argparse type for a Config field: bools accept true/false/1/0/yes/no (bool('False') is True)."""
-    if not isinstance(default, bool):
-        return type(default)
-
-    def parse(text: str) -> bool:
-        value = text.strip().lower()
-        if value in ("1", "true", "yes", "on"):
-            return True
-        if value in ("0", "false", "no", "off"):
-            return False
-        raise argparse.ArgumentTypeError(f"expected true or false; got {text!r}")
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=_flag_type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -219,10 +200,7 @@ def plot(out: Path, result, model: DNC, config: Config) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     print(f"dnc_repeat_copy: {config}", flush=True)
     started = time.perf_counter()
 

@@ -52,7 +52,6 @@ RESULTS_QUICK: ~4 s wall (1 seed, 192 training graphs, 4 epochs): ERM ID/OOD 0.6
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.hma import HMA, HMAConfig, attention_maps, batch_dependence, predict_in_batches
 from minimem.nn.graph import GCNModel, select_graphs
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -95,10 +95,7 @@ QUICK = dict(seeds="0", n_train=192, n_test=96, epochs=4, dependence_samples=12)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=None)
-    parser.add_argument("--quick", action="store_true", help="a small run in seconds")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs")
     parser.add_argument("--no-plots", action="store_true")
     return parser
@@ -106,10 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    return Config(**overrides)
+    return config_from_args(Config, args, QUICK)
 
 
 def check_config(config: Config) -> list[int]:

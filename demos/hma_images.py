@@ -76,7 +76,6 @@ and seeds as the full run):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +83,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.hma import HMA, HMAConfig, attention_maps, batch_dependence, predict_in_batches
 from minimem.nn.conv import CNNModel
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
@@ -121,10 +121,7 @@ QUICK = dict(seeds="0", n_train=600, n_test=200, steps_mlp=80, steps_cnn=25, ste
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=None)
-    parser.add_argument("--quick", action="store_true", help="a small run in seconds")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--scarce", action="store_true",
@@ -134,10 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_config(argv: list[str] | None = None) -> Config:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    return Config(**overrides)
+    return config_from_args(Config, args, QUICK)
 
 
 def _int_list(option: str, text: str) -> list[int]:

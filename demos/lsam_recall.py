@@ -42,14 +42,13 @@ from __future__ import annotations
 
 import minimem  # noqa: F401  (first: single-threaded BLAS)
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.lsam import LSAM, LSAMConfig
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from minimem.nn.lstm import LSTMModel
@@ -92,19 +91,10 @@ def model_list(text: str) -> list[str]:
 
 
 def parse_config(argv=None) -> Config:
-    """argparse built from Config (unknown flags are errors); --quick swaps in QUICK for every
-    field not given on the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[field.type]
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=f"default {field.default}")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    base = dataclasses.replace(Config(), **QUICK) if given.get("quick") else Config()
-    cfg = dataclasses.replace(base, **given)
+    """The Config the command line asks for (minimem.demo_options: unknown flags are errors,
+    --quick swaps in QUICK for every field not given)."""
+    parser = config_parser(Config, __doc__, QUICK)
+    cfg = config_from_args(Config, parser.parse_args(argv), QUICK)
     if cfg.dtype not in ("float32", "float64"):
         parser.error(f"--dtype must be float32 or float64; got {cfg.dtype}")
     if not model_list(cfg.models) or any(k not in NAMES for k in model_list(cfg.models)):

@@ -39,7 +39,6 @@ the nearest-key look-up and both writers) to --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +48,7 @@ import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, s
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.mnm_interface import mnm_targets_autodiff, mnm_targets_backward, mnm_targets_forward
 from minimem.memory.mnm_memory import (
     mnm_mem_autodiff, mnm_mem_backward, mnm_mem_forward, mnm_recon_autodiff, mnm_recon_backward,
@@ -204,11 +204,7 @@ class MNMDictionary:
 
 # ----------------------------------------------------------------------------- demo
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -326,10 +322,7 @@ def plot(out: Path, runs: list[dict], base: dict, episodes, config: Config) -> l
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     writers = [w for w in config.writers.split(",") if w.strip()]
     if not writers or any(w not in NAMES for w in writers):
         raise ValueError(f"--writers must be a comma-separated list of {tuple(NAMES)}; got {config.writers!r}")

@@ -31,7 +31,6 @@ mnm_oneshot_curves.png (training loss and evaluation accuracy of every run) to -
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +38,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.mnm_oneshot import MNMOneShot, OneShotConfig, make_episodes, nearest_value_accuracy
 from minimem.optim import Adam
 from minimem.train import TrainConfig, train
@@ -66,11 +66,7 @@ QUICK = dict(steps=150, pairs="4,8", h=16, eval_episodes=64, eval_every=50, log_
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -190,10 +186,7 @@ def plot(out: Path, runs: list[dict], config: Config) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     pairs = parse_list(config.pairs, int, "pairs")
     writers = parse_list(config.writers, str, "writers")
     print(f"mnm_oneshot: {config}", flush=True)

@@ -36,7 +36,6 @@ and the predicted value distribution at every query step against the stored valu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.mnm import MNM, MNMConfig
 from minimem.optim import Adam
 from minimem.train import TrainConfig, TrainingDiverged, train
@@ -124,11 +124,7 @@ def guess_level(episodes, P: int) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -187,10 +183,7 @@ def plot(out: Path, result, evals: list, model: MNM, config: Config, levels: dic
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     if not 1 <= config.P <= K:
         raise ValueError(f"--P must be in 1..{K}; got {config.P}")
     print(f"mnm_recall: {config}", flush=True)

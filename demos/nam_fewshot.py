@@ -36,7 +36,6 @@ RESULTS_QUICK: ~15 s wall (8 s in main; 6 alphabets, 30 base classes, 40 test ep
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.nam_fewshot import (
     FewShotInputs, NAMFewShotConfig, NAMFewShotHead, cosine_logits_backward, cosine_logits_forward,
     few_shot_metrics, fewshot_backward,
@@ -77,10 +77,7 @@ QUICK = dict(alphabets=6, K_b=30, stage1_steps=150, stage2_steps=30, test_episod
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name}", type=type(field.default), default=None)
-    parser.add_argument("--quick", action="store_true", help="a small run in seconds")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs")
     parser.add_argument("--no-plots", action="store_true")
     return parser
@@ -213,10 +210,7 @@ def plot(out: Path, results: list, example) -> list:
 # ----------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     shots_list = [int(s) for s in config.shots.split(",")]
     if config.mode not in ("sequential", "batched_reference") or not shots_list or min(shots_list) < 1:
         raise ValueError(f"mode must be sequential or batched_reference and shots a list of ints >= 1; got {config}")

@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import minimem  # noqa: F401  (first: single-threaded BLAS, 4-10x faster at these sizes)
 
-import argparse
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -63,6 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.nam_transformer import NAMTransformer, NAMTransformerConfig
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from minimem.optim import Adam
@@ -102,19 +101,10 @@ TASKS = {"one_hop": dict(num_keys=16, n_min=4, n_max=16), "capacity": dict(nt.RE
 
 
 def parse_config(argv=None) -> Config:
-    """argparse built from Config (unknown flags are errors); --quick swaps in QUICK for every
-    field not given on the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[field.type]
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=f"default {field.default}")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    base = dataclasses.replace(Config(), **QUICK) if given.get("quick") else Config()
-    cfg = dataclasses.replace(base, **given)
+    """The Config the command line asks for (minimem.demo_options: unknown flags are errors,
+    --quick swaps in QUICK for every field not given)."""
+    parser = config_parser(Config, __doc__, QUICK)
+    cfg = config_from_args(Config, parser.parse_args(argv), QUICK)
     if cfg.dtype not in ("float32", "float64"):
         parser.error(f"--dtype must be float32 or float64; got {cfg.dtype}")
     for field in ("kinds", "capacity_kinds"):

@@ -49,14 +49,13 @@ from __future__ import annotations
 
 import minimem  # noqa: F401  (first: single-threaded BLAS, see minimem/__init__.py)
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.ntm import NTM, NTMConfig
 from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
@@ -94,20 +93,10 @@ QUICK = dict(steps=120, max_items=3, eval_every=40, eval_batches=2, eval_batch=1
 
 
 def parse_config(argv=None) -> Config:
-    """argparse built from Config (unknown flags are errors); --quick swaps in QUICK for every
-    field not given on the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[field.type]
-            parser.add_argument(flag, dest=field.name, type=kind, default=None,
-                                help=f"default {field.default}")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    base = dataclasses.replace(Config(), **QUICK) if given.get("quick") else Config()
-    return dataclasses.replace(base, **given)
+    """The Config the command line asks for (minimem.demo_options: unknown flags are errors,
+    --quick swaps in QUICK for every field not given)."""
+    parser = config_parser(Config, __doc__, QUICK)
+    return config_from_args(Config, parser.parse_args(argv), QUICK)
 
 
 def recall_batch(rng: np.random.Generator, cfg: Config, batch: int, same_length: bool = True, items=None):

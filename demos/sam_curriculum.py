@@ -81,7 +81,6 @@ sequence at the final level: which of the N slots each step writes and reads) to
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
 import time
@@ -93,6 +92,7 @@ import minimem  # noqa: F401  (before NumPy: single-threaded BLAS)
 import numpy as np
 
 from minimem.bench_sam import records_bytes
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam, clip_grad_norm
@@ -129,11 +129,7 @@ QUICK = dict(log_n=12, H=32, budget_s=60.0, max_steps=150, window=20, threshold=
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -445,10 +441,7 @@ def plot(out: Path, summary: dict, config: Config) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     if config.start_level < 1 or config.log_n < 3 or config.batch < 1:
         raise ValueError(f"start_level >= 1, log_n >= 3 and batch >= 1 expected; got {config}")
     print(f"sam_curriculum: {config}", flush=True)

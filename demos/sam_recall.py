@@ -47,7 +47,6 @@ K-sparse read weights) to --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (before NumPy: single-threaded BLAS)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.memory.sam_sparse import read_weights_dense
 from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
@@ -91,11 +91,7 @@ QUICK = dict(steps=120, max_items=3, H=32, eval_every=40, eval_batches=2, eval_b
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
     return parser
@@ -203,10 +199,7 @@ def plot(out: Path, result, config: Config, pattern: dict) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                      if getattr(args, f.name) is not None})
-    config = Config(**overrides)
+    config = config_from_args(Config, args, QUICK)
     print(f"sam_recall: {config}", flush=True)
     started = time.perf_counter()
 

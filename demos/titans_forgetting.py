@@ -46,14 +46,13 @@ Writes titans_forgetting.png (cosine and accuracy against age, one panel per eta
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.titans_lmm import lmm_scan_forward
 from minimem.memory.titans_memory import mem_read_forward
 
@@ -77,19 +76,10 @@ AGES = (0, 4, 16, 32, 64)              # ages printed in the table (plus the old
 
 
 def parse_config(argv=None) -> Config:
-    """argparse built from Config (unknown flags are errors); --quick swaps in QUICK for every
-    field not given on the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[field.type]
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=f"default {field.default}")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    base = dataclasses.replace(Config(), **QUICK) if given.get("quick") else Config()
-    return dataclasses.replace(base, **given)
+    """The Config the command line asks for (minimem.demo_options: unknown flags are errors,
+    --quick swaps in QUICK for every field not given)."""
+    parser = config_parser(Config, __doc__, QUICK)
+    return config_from_args(Config, parser.parse_args(argv), QUICK)
 
 
 def parse_gates(name: str, text: str) -> list[float]:

@@ -67,8 +67,6 @@ attention window), and the training curves.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from minimem import init
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.titans import TitansLMMConfig, lmm_init, lmm_layer_backward, lmm_layer_forward
 from minimem.memory.titans_arch import TitansConfig, TitansModel
 from minimem.memory.titans_blocks import (
@@ -124,19 +123,10 @@ QUICK = dict(steps=60, batch=16, T=16, needles=1, lengths="16,32", eval_sequence
 
 
 def parse_config(argv=None) -> Config:
-    """argparse built from Config (unknown flags are errors); --quick swaps in QUICK for every
-    field not given on the command line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        flag = "--" + field.name.replace("_", "-")
-        if field.type == "bool":
-            parser.add_argument(flag, dest=field.name, action="store_true", default=None)
-        else:
-            kind = {"int": int, "float": float, "str": str}[field.type]
-            parser.add_argument(flag, dest=field.name, type=kind, default=None, help=f"default {field.default}")
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    base = dataclasses.replace(Config(), **QUICK) if given.get("quick") else Config()
-    return dataclasses.replace(base, **given)
+    """The Config the command line asks for (minimem.demo_options: unknown flags are errors,
+    --quick swaps in QUICK for every field not given)."""
+    parser = config_parser(Config, __doc__, QUICK)
+    return config_from_args(Config, parser.parse_args(argv), QUICK)
 
 
 def check_config(cfg: Config) -> tuple[list[str], list[int]]:

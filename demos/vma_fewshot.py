@@ -60,6 +60,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.vma import VMA, VMAConfig, VMAInputs
 from minimem.optim import Adam
 from minimem.tasks.glyphs import GlyphConfig, GlyphSet, vma_episodes
@@ -96,11 +97,7 @@ QUICK = dict(steps=150, eval_episodes=48, eval_samples=20, eval_every=75, test_s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--cache-dir", default=None, help="directory to cache the rendered glyphs (.npz)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
@@ -282,10 +279,7 @@ def plot(out: Path, result: dict, grid: dict, D: int) -> list[Path]:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    values = dict(QUICK) if args.quick else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                   if getattr(args, f.name) is not None})
-    config = Config(**values)
+    config = config_from_args(Config, args, QUICK)
     test_shots = parse_ints(config.test_shots, "test-shots")
     test_classes = parse_ints(config.test_classes, "test-classes")
     if config.samples < 2:

@@ -71,6 +71,7 @@ from pathlib import Path
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
+from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.vsm import VSM, VSMConfig, VSMInputs
 from minimem.memory.vsm_memory import SemanticState
 from minimem.optim import Adam
@@ -113,11 +114,7 @@ QUICK = dict(steps=120, eval_tasks=40, eval_samples=10, eval_every=60, test_cont
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None,
-                            help=f"default {field.default}")
-    parser.add_argument("--quick", action="store_true", help=f"a run of seconds: {QUICK}")
+    parser = config_parser(Config, __doc__, QUICK)
     parser.add_argument("--out", default=".", help="directory for the PNGs (default: current directory)")
     parser.add_argument("--cache-dir", default=None, help="directory to cache the rendered glyphs (.npz)")
     parser.add_argument("--no-plots", action="store_true", help="write no PNGs (matplotlib not needed)")
@@ -322,10 +319,7 @@ def plot(out: Path, result: dict, grid: dict, D: int) -> list[Path]:
 
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)
-    values = dict(QUICK) if args.quick else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(Config)
-                   if getattr(args, f.name) is not None})
-    config = Config(**values)
+    config = config_from_args(Config, args, QUICK)
     test_context = parse_ints(config.test_context, "test-context")
     if max(test_context) > config.max_context:
         raise ValueError(f"--test-context values must be <= --max-context = {config.max_context}; got {test_context}")
