@@ -30,16 +30,11 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import DTypeLike
 
+from minimem.checks import check_float_dtype, check_rng
+
 __all__ = ["fans", "xavier_uniform", "xavier_normal", "orthogonal", "uniform", "normal", "zeros"]
 
 Shape = int | Sequence[int]
-
-
-def _check_rng(rng: object) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("rng must be a np.random.Generator (e.g. np.random.default_rng(0)); "
-                         f"got {type(rng).__name__}")
-    return rng
 
 
 def _check_shape(shape: Shape) -> tuple[int, ...]:
@@ -52,13 +47,6 @@ def _check_shape(shape: Shape) -> tuple[int, ...]:
     if any(n < 0 for n in shape):
         raise ValueError(f"shape must have non-negative sizes; got {shape}")
     return shape
-
-
-def _check_dtype(dtype: DTypeLike) -> np.dtype:
-    dtype = np.dtype(dtype)
-    if dtype.kind != "f":
-        raise ValueError(f"dtype must be a floating-point dtype; got {dtype}")
-    return dtype
 
 
 def _check_nonnegative(name: str, value: float) -> float:
@@ -85,7 +73,7 @@ def fans(shape: Shape) -> tuple[int, int]:
 def xavier_uniform(rng: np.random.Generator, shape: Shape, gain: float = 1.0,
                    dtype: DTypeLike = np.float64) -> np.ndarray:
     """Glorot & Bengio (2010) uniform: U(-a, a), a = gain * sqrt(6 / (fan_in + fan_out))."""
-    rng, shape, dtype = _check_rng(rng), _check_shape(shape), _check_dtype(dtype)
+    rng, shape, dtype = check_rng(rng), _check_shape(shape), check_float_dtype(dtype)
     gain = _check_nonnegative("gain", gain)
     fan_in, fan_out = fans(shape)
     bound = gain * math.sqrt(6.0 / max(fan_in + fan_out, 1))
@@ -95,7 +83,7 @@ def xavier_uniform(rng: np.random.Generator, shape: Shape, gain: float = 1.0,
 def xavier_normal(rng: np.random.Generator, shape: Shape, gain: float = 1.0,
                   dtype: DTypeLike = np.float64) -> np.ndarray:
     """Glorot & Bengio (2010) normal: N(0, s^2), s = gain * sqrt(2 / (fan_in + fan_out))."""
-    rng, shape, dtype = _check_rng(rng), _check_shape(shape), _check_dtype(dtype)
+    rng, shape, dtype = check_rng(rng), _check_shape(shape), check_float_dtype(dtype)
     gain = _check_nonnegative("gain", gain)
     fan_in, fan_out = fans(shape)
     std = gain * math.sqrt(2.0 / max(fan_in + fan_out, 1))
@@ -111,7 +99,7 @@ def orthogonal(rng: np.random.Generator, shape: Shape, gain: float = 1.0,
     result Haar-distributed (Mezzadri, 2007). Tall results (rows >= cols) have orthonormal
     columns, W^T W = I; wide ones orthonormal rows, W W^T = I.
     """
-    rng, shape, dtype = _check_rng(rng), _check_shape(shape), _check_dtype(dtype)
+    rng, shape, dtype = check_rng(rng), _check_shape(shape), check_float_dtype(dtype)
     gain = _check_nonnegative("gain", gain)
     if len(shape) < 2:
         raise ValueError(f"orthogonal needs a shape with at least 2 axes; got {shape}")
@@ -130,7 +118,7 @@ def orthogonal(rng: np.random.Generator, shape: Shape, gain: float = 1.0,
 def uniform(rng: np.random.Generator, shape: Shape, scale: float,
             dtype: DTypeLike = np.float64) -> np.ndarray:
     """U(-scale, scale), elementwise."""
-    rng, shape, dtype = _check_rng(rng), _check_shape(shape), _check_dtype(dtype)
+    rng, shape, dtype = check_rng(rng), _check_shape(shape), check_float_dtype(dtype)
     scale = _check_nonnegative("scale", scale)
     return rng.uniform(-scale, scale, size=shape).astype(dtype)
 
@@ -138,7 +126,7 @@ def uniform(rng: np.random.Generator, shape: Shape, scale: float,
 def normal(rng: np.random.Generator, shape: Shape, std: float,
            dtype: DTypeLike = np.float64) -> np.ndarray:
     """N(0, std^2), elementwise."""
-    rng, shape, dtype = _check_rng(rng), _check_shape(shape), _check_dtype(dtype)
+    rng, shape, dtype = check_rng(rng), _check_shape(shape), check_float_dtype(dtype)
     std = _check_nonnegative("std", std)
     return (std * rng.standard_normal(shape)).astype(dtype)
 
@@ -148,5 +136,5 @@ def zeros(rng: np.random.Generator | None, shape: Shape,
     """All zeros. `rng` is accepted (and unused, may be None) so every initialiser has the
     same signature f(rng, shape, ...)."""
     if rng is not None:
-        _check_rng(rng)
-    return np.zeros(_check_shape(shape), dtype=_check_dtype(dtype))
+        check_rng(rng)
+    return np.zeros(_check_shape(shape), dtype=check_float_dtype(dtype))

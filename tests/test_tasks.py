@@ -417,7 +417,7 @@ def test_copy_memory_reuse_other_sizes():
     (make_copy, {"min_len": 0}, "min_len must be an integer >= 1"),
     (make_copy, {"max_len": 2.5}, "max_len must be an integer"),
     (make_copy, {"num_bits": True}, "num_bits must be an integer"),
-    (make_copy, {"dtype": np.int64}, "dtype must be a float type"),
+    (make_copy, {"dtype": np.int64}, "dtype must be a floating-point type"),
     (make_repeat_copy, {"min_reps": 4, "max_reps": 2}, "min_reps <= max_reps"),
     (make_repeat_copy, {"norm_range": (5, 1)}, r"norm_range\[0\] <= norm_range\[1\]"),
     (make_repeat_copy, {"norm_range": 10}, "norm_range must be a pair"),
@@ -442,7 +442,7 @@ def test_bad_options_raise_value_error_naming_the_range(make, options, match):
 def test_bad_batch_size_and_rng_raise_value_error(name):
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         TASKS[name](np.random.default_rng(0), 0)
-    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
+    with pytest.raises(ValueError, match="rng must be a np.random.Generator"):
         TASKS[name](0, 2)
 
 

@@ -31,18 +31,13 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.nn.linear import as_float_array, check_finite, check_params, with_prefix
 
 POOLS = ("max", "avg", "none")
 
 
 # ----------------------------------------------------------------- validation and geometry
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
 def _check_images(name: str, x) -> np.ndarray:
     x = as_float_array(name, x)
     if x.ndim != 4 or 0 in x.shape:
@@ -118,7 +113,7 @@ class Conv2dCache(NamedTuple):
 
 def _check_conv(x, W, b, stride, padding):
     x, W = _check_images("x", x), as_float_array("W", W)
-    stride, padding = _check_int("stride", stride, 1), _check_int("padding", padding, 0)
+    stride, padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
     if W.ndim != 4 or 0 in W.shape:
         raise ValueError(f"W must have shape (kh, kw, C, F) with every size >= 1; got {W.shape}")
     if x.shape[3] != W.shape[2]:
@@ -208,9 +203,9 @@ class Conv2dModel:
     def __init__(self, C: int, F: int, kernel: tuple[int, int] = (3, 3), stride: int = 1, padding: int = 0,
                  rng: np.random.Generator | None = None, dtype=np.float64):
         rng = np.random.default_rng(0) if rng is None else rng
-        self.kh, self.kw = (_check_int("kernel", k, 1) for k in kernel)
-        self.C, self.F = _check_int("C", C, 1), _check_int("F", F, 1)
-        self.stride, self.padding = _check_int("stride", stride, 1), _check_int("padding", padding, 0)
+        self.kh, self.kw = (check_int("kernel", k, 1) for k in kernel)
+        self.C, self.F = check_int("C", C, 1), check_int("F", F, 1)
+        self.stride, self.padding = check_int("stride", stride, 1), check_int("padding", padding, 0)
         self.params = conv2d_init(rng, self.kh, self.kw, self.C, self.F, dtype=dtype)
 
     def _check(self, x) -> np.ndarray:
@@ -235,8 +230,8 @@ class Conv2dModel:
 # ----------------------------------------------------------------- pooling
 def _check_pool(x, size, stride):
     x = _check_images("x", x)
-    size = _check_int("size", size, 1)
-    stride = size if stride is None else _check_int("stride", stride, 1)
+    size = check_int("size", size, 1)
+    stride = size if stride is None else check_int("stride", stride, 1)
     output_size(x.shape[1], size, stride)                       # raises if the window does not fit
     output_size(x.shape[2], size, stride)
     return x, size, stride
@@ -365,12 +360,12 @@ class CNNModel:
     def __init__(self, C: int, channels: Sequence[int], kernel: int = 3, stride: int = 1, padding: int = 1,
                  pool: str = "max", pool_size: int = 2, rng: np.random.Generator | None = None,
                  dtype=np.float64):
-        self.C = _check_int("C", C, 1)
-        self.channels = tuple(_check_int("channels[i]", c, 1) for c in channels)
+        self.C = check_int("C", C, 1)
+        self.channels = tuple(check_int("channels[i]", c, 1) for c in channels)
         if not self.channels:
             raise ValueError("channels must list at least one conv layer's width")
-        self.kernel, self.stride = _check_int("kernel", kernel, 1), _check_int("stride", stride, 1)
-        self.padding, self.pool_size = _check_int("padding", padding, 0), _check_int("pool_size", pool_size, 1)
+        self.kernel, self.stride = check_int("kernel", kernel, 1), check_int("stride", stride, 1)
+        self.padding, self.pool_size = check_int("padding", padding, 0), check_int("pool_size", pool_size, 1)
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}; got {pool!r}")
         self.pool = pool

@@ -34,6 +34,8 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from minimem.checks import check_float_dtype, check_int, check_rng
+
 
 class Batch(NamedTuple):
     """One batch of a task, time-first."""
@@ -44,40 +46,14 @@ class Batch(NamedTuple):
 
 
 # ----------------------------------------------------------------- option validation
-def _check_rng(rng) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)); "
-                         f"got {type(rng).__name__}")
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    """Return value as int if it is an integer in [minimum, maximum]; otherwise raise ValueError."""
-    expected = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer {expected}; got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be an integer {expected}; got {value}")
-    return int(value)
-
-
 def _check_order(low_name: str, low: int, high_name: str, high: int) -> None:
     if low > high:
         raise ValueError(f"{low_name} <= {high_name} required; got {low_name}={low}, {high_name}={high}")
 
 
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"dtype must be a float type (float64 or float32); got {dtype!r}") from err
-    if dtype.kind != "f":
-        raise ValueError(f"dtype must be a float type (float64 or float32); got {dtype}")
-    return dtype
-
-
 def _check_common(rng, batch_size, dtype) -> tuple[int, np.dtype]:
-    _check_rng(rng)
-    return _check_int("batch_size", batch_size, 1), _check_dtype(dtype)
+    check_rng(rng)
+    return check_int("batch_size", batch_size, 1), check_float_dtype(dtype)
 
 
 # ----------------------------------------------------------------- shared helpers
@@ -144,9 +120,9 @@ def make_copy(rng: np.random.Generator, batch_size: int, *, num_bits: int = 8, m
         T = 2 max_b(L_b) + 1.
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    num_bits = _check_int("num_bits", num_bits, 1)
-    min_len = _check_int("min_len", min_len, 1)
-    max_len = _check_int("max_len", max_len, 1)
+    num_bits = check_int("num_bits", num_bits, 1)
+    min_len = check_int("min_len", min_len, 1)
+    max_len = check_int("max_len", max_len, 1)
     _check_order("min_len", min_len, "max_len", max_len)
 
     L = _draw_counts(rng, min_len, max_len, B, same_length)         # (B,)
@@ -207,19 +183,19 @@ def make_repeat_copy(rng: np.random.Generator, batch_size: int, *, num_bits: int
         T = max_b L_b (n_b + 1) + 3.
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    num_bits = _check_int("num_bits", num_bits, 1)
-    min_len = _check_int("min_len", min_len, 1)
-    max_len = _check_int("max_len", max_len, 1)
-    min_reps = _check_int("min_reps", min_reps, 1)
-    max_reps = _check_int("max_reps", max_reps, 1)
+    num_bits = check_int("num_bits", num_bits, 1)
+    min_len = check_int("min_len", min_len, 1)
+    max_len = check_int("max_len", max_len, 1)
+    min_reps = check_int("min_reps", min_reps, 1)
+    max_reps = check_int("max_reps", max_reps, 1)
     _check_order("min_len", min_len, "max_len", max_len)
     _check_order("min_reps", min_reps, "max_reps", max_reps)
     if norm_range is None:
         norm_range = (min_reps, max_reps)
     if not isinstance(norm_range, (tuple, list)) or len(norm_range) != 2:
         raise ValueError(f"norm_range must be a pair (lo, hi) of repeat counts; got {norm_range!r}")
-    norm_lo = _check_int("norm_range[0]", norm_range[0], 0)
-    norm_hi = _check_int("norm_range[1]", norm_range[1], 0)
+    norm_lo = check_int("norm_range[0]", norm_range[0], 0)
+    norm_hi = check_int("norm_range[1]", norm_range[1], 0)
     _check_order("norm_range[0]", norm_lo, "norm_range[1]", norm_hi)
     mean, std = repeat_normaliser(norm_lo, norm_hi)
 
@@ -273,10 +249,10 @@ def make_associative_recall(rng: np.random.Generator, batch_size: int, *, num_bi
         T = (item_len + 1) max_b n_b + 2 item_len + 2.
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    num_bits = _check_int("num_bits", num_bits, 1)
-    k = _check_int("item_len", item_len, 1)
-    min_items = _check_int("min_items", min_items, 2)               # the query needs a successor
-    max_items = _check_int("max_items", max_items, 2)
+    num_bits = check_int("num_bits", num_bits, 1)
+    k = check_int("item_len", item_len, 1)
+    min_items = check_int("min_items", min_items, 2)               # the query needs a successor
+    max_items = check_int("max_items", max_items, 2)
     _check_order("min_items", min_items, "max_items", max_items)
     if distinct_items and _distinct_probability(k * num_bits, max_items) < 1e-2:
         raise ValueError(f"distinct_items needs item_len * num_bits large enough for {max_items} "
@@ -349,9 +325,9 @@ def make_priority_sort(rng: np.random.Generator, batch_size: int, *, num_bits: i
         Batch with inputs (T, B, num_bits + 2), targets (T, B, num_bits), mask (T, B).
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    num_bits = _check_int("num_bits", num_bits, 1)
-    N = _check_int("num_items", num_items, 1)
-    S = _check_int("num_sorted", num_sorted, 1)
+    num_bits = check_int("num_bits", num_bits, 1)
+    N = check_int("num_items", num_items, 1)
+    S = check_int("num_sorted", num_sorted, 1)
     _check_order("num_sorted", S, "num_items", N)
 
     vectors = _bits(rng, (N, B, num_bits))                          # (N, B, nb)
@@ -396,8 +372,8 @@ def make_dynamic_ngrams(rng: np.random.Generator, batch_size: int, *, length: in
         Batch with inputs (length - 1, B, 1), targets (length - 1, B, 1), mask (length - 1, B).
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    context = _check_int("context", context, 1, 16)
-    length = _check_int("length", length, context + 1)
+    context = check_int("context", context, 1, 16)
+    length = check_int("length", length, context + 1)
 
     table = rng.beta(0.5, 0.5, size=(B, 2 ** context))             # (B, 2^context)
     bits = np.zeros((B, length), dtype=np.int64)
@@ -459,11 +435,11 @@ def make_deepmind_repeat_copy(rng: np.random.Generator, batch_size: int, *, num_
         T = max_b L_b (n_b + 1) + 3.
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    num_bits = _check_int("num_bits", num_bits, 1)
-    min_len = _check_int("min_len", min_len, 1)
-    max_len = _check_int("max_len", max_len, 1)
-    min_reps = _check_int("min_reps", min_reps, 1)
-    max_reps = _check_int("max_reps", max_reps, 1)
+    num_bits = check_int("num_bits", num_bits, 1)
+    min_len = check_int("min_len", min_len, 1)
+    max_len = check_int("max_len", max_len, 1)
+    min_reps = check_int("min_reps", min_reps, 1)
+    max_reps = check_int("max_reps", max_reps, 1)
     _check_order("min_len", min_len, "max_len", max_len)
     _check_order("min_reps", min_reps, "max_reps", max_reps)
     if isinstance(norm_max, (bool, np.bool_)) or not isinstance(norm_max, (int, float, np.number)) \
@@ -510,9 +486,9 @@ def make_copy_memory_reuse(rng: np.random.Generator, batch_size: int, *, num_seq
         Batch with inputs (T, B, num_bits + 1), targets (T, B, num_bits), mask (T, B).
     """
     B, dtype = _check_common(rng, batch_size, dtype)
-    num_sequences = _check_int("num_sequences", num_sequences, 1)
-    s = _check_int("seq_len", seq_len, 1)
-    num_bits = _check_int("num_bits", num_bits, 1)
+    num_sequences = check_int("num_sequences", num_sequences, 1)
+    s = check_int("seq_len", seq_len, 1)
+    num_bits = check_int("num_bits", num_bits, 1)
 
     pattern = _bits(rng, (num_sequences * s, B, num_bits))         # block i, vector j at i*s + j
     T = num_sequences * (2 * s + 1)

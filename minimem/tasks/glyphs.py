@@ -57,6 +57,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from minimem.checks import check_float_dtype, check_int, check_rng
+
 __all__ = [
     "GLYPH_FORMAT_VERSION", "SPLITS", "GlyphConfig", "GlyphSet", "FewShotEpisode", "VMAEpisode",
     "SetTask", "alphabet_primitives", "character_program", "instance_program", "render_strokes",
@@ -72,32 +74,6 @@ SPLITS = ("train", "test", "train_within", "test_within", "all")
 
 
 # ----------------------------------------------------------------- validation
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    expected = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer {expected}; got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be an integer {expected}; got {value}")
-    return int(value)
-
-
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)); "
-                         f"got {type(rng).__name__}")
-    return rng
-
-
-def _check_dtype(dtype) -> np.dtype:
-    try:
-        dtype = np.dtype(dtype)
-    except TypeError as err:
-        raise ValueError(f"dtype must be a float type (float64 or float32); got {dtype!r}") from err
-    if dtype.kind != "f":
-        raise ValueError(f"dtype must be a float type (float64 or float32); got {dtype}")
-    return dtype
-
-
 def _check_indices(name: str, value, size: int) -> np.ndarray:
     """value as an int64 array with every entry in 0..size-1."""
     array = np.asarray(value)
@@ -196,7 +172,7 @@ def render_strokes(points: np.ndarray, n_strokes: np.ndarray, r: np.ndarray, D: 
                          f"got {n_strokes.shape} and {r.shape}")
     if n_img and (n_strokes.min() < 1 or n_strokes.max() > S):
         raise ValueError(f"n_strokes must be in 1..{S}; got values in {n_strokes.min()}..{n_strokes.max()}")
-    D = _check_int("D", D, 5)
+    D = check_int("D", D, 5)
     t = np.linspace(0.0, 1.0, BEZIER_POINTS)[:, None]               # (12, 1)
     p0, p1, p2 = points[:, :, None, 0], points[:, :, None, 1], points[:, :, None, 2]   # (n, S, 1, 2)
     curve = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t ** 2 * p2  # (n, S, 12, 2)
@@ -252,8 +228,8 @@ def render_glyphs(seed: int, alpha, c, i, D: int = 20, binarise: str = "static")
     """
     if binarise not in BINARISE:
         raise ValueError(f"binarise must be one of {BINARISE}; got {binarise!r}")
-    seed = _check_int("seed", seed, 0)
-    D = _check_int("D", D, 5)
+    seed = check_int("seed", seed, 0)
+    D = check_int("D", D, 5)
     alpha, c, i = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v)) for v in (alpha, c, i)))
     for name, v in (("alpha", alpha), ("c", c), ("i", i)):
         if v.dtype.kind not in "iu" or (v.size and v.min() < 0):
@@ -290,17 +266,17 @@ class GlyphConfig:
     binarise: str = "static"       # "static", "stochastic" or "none"
 
     def __post_init__(self):
-        _check_int("seed", self.seed, 0)
-        _check_int("D", self.D, 5)
-        _check_int("alphabets", self.alphabets, 1)
-        _check_int("characters", self.characters, 1)
-        _check_int("instances", self.instances, 1)
+        check_int("seed", self.seed, 0)
+        check_int("D", self.D, 5)
+        check_int("alphabets", self.alphabets, 1)
+        check_int("characters", self.characters, 1)
+        check_int("instances", self.instances, 1)
         if self.train_alphabets is None:             # frozen dataclass: fill the derived defaults once
             object.__setattr__(self, "train_alphabets", (3 * self.alphabets) // 4)
         if self.train_characters is None:
             object.__setattr__(self, "train_characters", (3 * self.characters) // 4)
-        _check_int("train_alphabets", self.train_alphabets, 0, self.alphabets)
-        _check_int("train_characters", self.train_characters, 0, self.characters)
+        check_int("train_alphabets", self.train_alphabets, 0, self.alphabets)
+        check_int("train_characters", self.train_characters, 0, self.characters)
         if self.binarise not in BINARISE:
             raise ValueError(f"binarise must be one of {BINARISE}; got {self.binarise!r}")
 
@@ -400,7 +376,7 @@ class GlyphSet:
             raise ValueError(f"classes and instances must have the same shape; got {classes.shape} "
                              f"and {instances.shape}")
         alpha, c = np.divmod(classes, self.config.characters)
-        return self.images[alpha, c, instances].astype(_check_dtype(dtype))
+        return self.images[alpha, c, instances].astype(check_float_dtype(dtype))
 
 
 # ----------------------------------------------------------------- episodes
@@ -449,12 +425,12 @@ def few_shot_episodes(rng: np.random.Generator, glyphs: GlyphSet, batch_size: in
     Returns:
         FewShotEpisode (shapes in its fields).
     """
-    rng, glyphs = _check_rng(rng), _check_glyphs(glyphs)
-    B = _check_int("batch_size", batch_size, 1)
-    C = _check_int("ways", ways, 1)
+    rng, glyphs = check_rng(rng), _check_glyphs(glyphs)
+    B = check_int("batch_size", batch_size, 1)
+    C = check_int("ways", ways, 1)
     I = glyphs.config.instances
-    n = _check_int("shots", shots, 1, I)
-    Q = _check_int("queries", queries, 0, I - n)
+    n = check_int("shots", shots, 1, I)
+    Q = check_int("queries", queries, 0, I - n)
     classes = _episode_classes(rng, glyphs, split, B, C)             # (B, C); label l <-> classes[:, l]
     inst = _choose(rng, I, (B, C), n + Q)                            # (B, C, n + Q) distinct instances
     labels = np.broadcast_to(np.arange(C)[None, :, None], (B, C, n + Q))
@@ -497,11 +473,11 @@ def vma_episodes(rng: np.random.Generator, glyphs: GlyphSet, batch_size: int, cl
         VMAEpisode with M (B, C*n, X), x (B, X), mem_class (B, C*n), x_class (B,),
         target_in_memory (B,).
     """
-    rng, glyphs = _check_rng(rng), _check_glyphs(glyphs)
-    B = _check_int("batch_size", batch_size, 1)
-    C = _check_int("classes", classes, 1)
+    rng, glyphs = check_rng(rng), _check_glyphs(glyphs)
+    B = check_int("batch_size", batch_size, 1)
+    C = check_int("classes", classes, 1)
     I = glyphs.config.instances
-    n = _check_int("shots", shots, 1, I - 1)
+    n = check_int("shots", shots, 1, I - 1)
     chosen = _episode_classes(rng, glyphs, split, B, C + 1)          # (B, C+1), [:, 0] = target's class
     inst = _choose(rng, I, (B, C + 1), n + 1)                        # (B, C+1, n+1); [:, 0, 0] = target
     x_class, x_inst = chosen[:, 0], inst[:, 0, 0]
@@ -539,15 +515,15 @@ def set_tasks(rng: np.random.Generator, glyphs: GlyphSet, batch_size: int, n_con
     Returns:
         SetTask with context (B, Ne, X), mask (B, Ne), targets (B, n_t, X), classes (B,).
     """
-    rng, glyphs = _check_rng(rng), _check_glyphs(glyphs)
-    B = _check_int("batch_size", batch_size, 1)
+    rng, glyphs = check_rng(rng), _check_glyphs(glyphs)
+    B = check_int("batch_size", batch_size, 1)
     I = glyphs.config.instances
-    n_t = _check_int("n_targets", n_targets, 1, I)
+    n_t = check_int("n_targets", n_targets, 1, I)
     n_c = np.broadcast_to(np.asarray(n_context), (B,)) if np.ndim(n_context) == 0 else np.asarray(n_context)
     if n_c.shape != (B,) or n_c.dtype.kind not in "iu" or n_c.min() < 0 or n_c.max() + n_t > I:
         raise ValueError(f"n_context must be an int or (B,) = ({B},) ints in 0..{I - n_t} (n_c + n_t <= I); "
                          f"got {n_context!r}")
-    Ne = int(n_c.max()) if capacity is None else _check_int("capacity", capacity, int(n_c.max()))
+    Ne = int(n_c.max()) if capacity is None else check_int("capacity", capacity, int(n_c.max()))
     n_max = int(n_c.max())
     classes = _episode_classes(rng, glyphs, split, B, 1)[:, 0]       # (B,)
     inst = _choose(rng, I, (B,), n_max + n_t)                        # (B, n_max + n_t) distinct

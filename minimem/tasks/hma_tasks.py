@@ -34,28 +34,11 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from minimem.checks import check_int, check_probability, check_rng
 from minimem.nn.graph import GraphBatch, batch_graphs
 
 __all__ = ["ShiftedImages", "image_templates", "make_shifted_images", "shifted_image_splits", "MotifGraphs",
            "MOTIFS", "make_motif_graphs", "motif_graph_splits", "graph_batch", "accuracy"]
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
-    return int(value)
-
-
-def _check_probability(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a probability in [0, 1]; got {value!r}")
-    return float(value)
-
-
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError(f"rng must be a np.random.Generator; got {type(rng).__name__}")
-    return rng
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -82,10 +65,10 @@ def image_templates(rng: np.random.Generator, classes: int = 5, side: int = 8, d
                     kind: str = "random", seed: int = 0) -> np.ndarray:
     """(classes, side, side) binary templates: "random" (pixels on with probability density, drawn
     from rng) or "glyphs" (minimem.tasks.glyphs characters 0..classes-1 of alphabet 0 under `seed`)."""
-    classes, side = _check_int("classes", classes, 2), _check_int("side", side, 3)
+    classes, side = check_int("classes", classes, 2), check_int("side", side, 3)
     if kind == "random":
-        density = _check_probability("density", density)
-        return (_check_rng(rng).random((classes, side, side)) < density).astype(np.float64)
+        density = check_probability("density", density)
+        return (check_rng(rng).random((classes, side, side)) < density).astype(np.float64)
     if kind == "glyphs":
         from minimem.tasks.glyphs import render_glyphs    # the shared glyph generator (stroke programs)
         return render_glyphs(seed, 0, np.arange(classes), 0, D=side).reshape(classes, side, side)
@@ -96,7 +79,7 @@ def make_shifted_images(rng: np.random.Generator, templates: np.ndarray, n: int,
                         colour_noise: float = 0.05, labels: np.ndarray | None = None) -> ShiftedImages:
     """n images of the classes of `templates` (module docstring), colour agreeing with the class with
     probability rho. labels: (n,) classes to draw (default uniform)."""
-    rng, n, rho = _check_rng(rng), _check_int("n", n, 1), _check_probability("rho", rho)
+    rng, n, rho = check_rng(rng), check_int("n", n, 1), check_probability("rho", rho)
     templates = np.asarray(templates, dtype=np.float64)
     if templates.ndim != 3 or templates.shape[1] != templates.shape[2] or templates.shape[0] < 2:
         raise ValueError(f"templates must have shape (K, S, S) with K >= 2; got {templates.shape}")
@@ -121,7 +104,7 @@ def shifted_image_splits(seed: int = 0, n_train: int = 3000, n_test: int = 1000,
     """{"train", "test_id", "test_ood"} ShiftedImages of B6 task 1 (scarce=True: task 4, 20 training
     samples per class and rho 0.2, ignoring n_train and rho_train). Every split comes from its own
     generator, np.random.default_rng([seed, k])."""
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     rng = lambda k: np.random.default_rng([seed, k])
     T = image_templates(rng(0), classes, side, kind=templates, seed=seed)
     if scarce:
@@ -169,12 +152,12 @@ def make_motif_graphs(rng: np.random.Generator, n: int, base_sizes: tuple[int, i
                       rho: float | None = None) -> MotifGraphs:
     """n graphs (module docstring): class y uniform; base type class mod 2 with probability rho (None:
     uniform, no spurious correlation); base nodes uniform in base_sizes (inclusive)."""
-    rng, n = _check_rng(rng), _check_int("n", n, 1)
-    lo, hi = (_check_int("base_sizes[i]", s, 1) for s in base_sizes)
+    rng, n = check_rng(rng), check_int("n", n, 1)
+    lo, hi = (check_int("base_sizes[i]", s, 1) for s in base_sizes)
     if hi < lo:
         raise ValueError(f"base_sizes must be (lo, hi) with lo <= hi; got {base_sizes}")
     if rho is not None:
-        rho = _check_probability("rho", rho)
+        rho = check_probability("rho", rho)
     features, adjacencies, labels, bases = [], [], [], []
     for _ in range(n):                                          # graphs differ in size: one at a time
         y = int(rng.integers(0, 3))
@@ -205,7 +188,7 @@ def motif_graph_splits(seed: int = 0, n_train: int = 600, n_test: int = 300, spu
     """{"train", "test_id", "test_ood"} MotifGraphs of B6 task 2: train and test_id with 10-20 base
     nodes (and the spurious base type if asked), test_ood with 40-60 base nodes and uniform bases.
     Each split has its own generator np.random.default_rng([seed, k])."""
-    seed = _check_int("seed", seed, 0)
+    seed = check_int("seed", seed, 0)
     rng = lambda k: np.random.default_rng([seed, k])
     rho_id = rho if spurious else None
     return {"train": make_motif_graphs(rng(1), n_train, (10, 20), rho_id),

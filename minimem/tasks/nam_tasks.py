@@ -93,6 +93,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from minimem.checks import check_int, check_rng
+
 # ----------------------------------------------------------------- vocabularies
 DIGITS = 10
 DELIM, PAD, START, EOS, MASK = 10, 11, 12, 13, 14
@@ -137,24 +139,9 @@ class ClassificationBatch(NamedTuple):
 
 
 # ----------------------------------------------------------------- option validation
-def _check_rng(rng) -> None:
-    if not isinstance(rng, np.random.Generator):
-        raise ValueError("rng must be a numpy.random.Generator (e.g. np.random.default_rng(0)); "
-                         f"got {type(rng).__name__}")
-
-
-def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> int:
-    expected = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer {expected}; got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be an integer {expected}; got {value}")
-    return int(value)
-
-
 def _check_range(low_name: str, low, high_name: str, high, minimum: int, maximum: int | None = None):
-    low = _check_int(low_name, low, minimum, maximum)
-    high = _check_int(high_name, high, minimum, maximum)
+    low = check_int(low_name, low, minimum, maximum)
+    high = check_int(high_name, high, minimum, maximum)
     if low > high:
         raise ValueError(f"{low_name} <= {high_name} required; got {low_name}={low}, {high_name}={high}")
     return low, high
@@ -170,7 +157,7 @@ def _check_maxlen(maxlen, needed: int, what: str) -> int:
     """maxlen (default `needed`) as an int >= needed."""
     if maxlen is None:
         return needed
-    maxlen = _check_int("maxlen", maxlen, 1)
+    maxlen = check_int("maxlen", maxlen, 1)
     if maxlen < needed:
         raise ValueError(f"maxlen must be >= {needed} ({what}); got {maxlen}")
     return maxlen
@@ -182,7 +169,7 @@ def stratified_lengths(size: int, n_min: int, n_max: int) -> np.ndarray:
 
     Every length gets floor or ceil of size / (n_max - n_min + 1) rows. Returns (size,) int64.
     """
-    size = _check_int("size", size, 1)
+    size = check_int("size", size, 1)
     n_min, n_max = _check_range("n_min", n_min, "n_max", n_max, 0)
     i = np.arange(size, dtype=np.int64)
     return (n_max - n_min + 1) * i // size + n_min
@@ -208,7 +195,7 @@ def length_split(task: str, split: str, n: int = 10, version: str = "final") -> 
         raise ValueError(f"task must be one of {NSP_TASKS}; got {task!r}")
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}; got {version!r}")
-    n = _check_int("n", n, 1)
+    n = check_int("n", n, 1)
     if version == "final":
         ood_val, ood_test = (1, 6), (7, 12)
     elif task == "reduce":
@@ -224,7 +211,7 @@ def length_split(task: str, split: str, n: int = 10, version: str = "final") -> 
 
 def nsp_maxlen(task: str, n_max: int, version: str = "final") -> int:
     """The row length the reference uses for a set whose longest sample has n_max digits (A4)."""
-    n_max = _check_int("n_max", n_max, 1)
+    n_max = check_int("n_max", n_max, 1)
     if task == "addition":
         return 3 * (n_max + 2) + 3 if version == "final" else 3 * (n_max + 1) + 2
     if task == "reverse":
@@ -259,8 +246,8 @@ def make_addition(rng: np.random.Generator, batch_size: int, *, n_min: int = 1, 
     Returns:
         SequenceBatch; answer marks the len(c) positions of the sum.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
     n_min, n_max = _check_range("n_min", n_min, "n_max", n_max, 1, 17)
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}; got {version!r}")
@@ -300,8 +287,8 @@ def make_reverse(rng: np.random.Generator, batch_size: int, *, n_min: int = 1, n
     Returns:
         SequenceBatch; answer marks the n positions of reversed(s).
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
     n_min, n_max = _check_range("n_min", n_min, "n_max", n_max, 1)
     T = _check_maxlen(maxlen, nsp_maxlen("reverse", n_max), "2 (n_max + 1) + 1")
     stratified = _check_bool("stratified", stratified)
@@ -331,8 +318,8 @@ def make_reduce(rng: np.random.Generator, batch_size: int, *, n_min: int = 1, n_
     Returns:
         SequenceBatch; answer marks the positions after the DELIM that hold a kept digit.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
     n_min, n_max = _check_range("n_min", n_min, "n_max", n_max, 1)
     T = _check_maxlen(maxlen, nsp_maxlen("reduce", n_max), "2 n_max + 1")
     stratified = _check_bool("stratified", stratified)
@@ -402,11 +389,11 @@ def make_dyck(rng: np.random.Generator, batch_size: int, *, depth_min: int = 2, 
     Returns:
         SequenceBatch; answer marks the depth positions of the closers.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
     depth_min, depth_max = _check_range("depth_min", depth_min, "depth_max", depth_max, 1)
-    min_len = _check_int("min_len", min_len, 0)
-    max_len = _check_int("max_len", max_len, max(min_len, depth_max) + 2)
+    min_len = check_int("min_len", min_len, 0)
+    max_len = check_int("max_len", max_len, max(min_len, depth_max) + 2)
     T = _check_maxlen(maxlen, max_len + depth_max, "(max_len - 1) + 1 + depth_max")
     stratified = _check_bool("stratified", stratified)
     depths = _lengths(rng, B, depth_min, depth_max, stratified)
@@ -459,7 +446,7 @@ def make_length_set(task: str, rng: np.random.Generator, size: int, split: str, 
 # ----------------------------------------------------------------- LSAM associative recall
 def recall_vocab(num_keys: int = 16) -> dict[str, int]:
     """Token ids of the LSAM recall task: {"key0", "query", "pad", "vocab"} (values are 0..9)."""
-    K = _check_int("num_keys", num_keys, 1)
+    K = check_int("num_keys", num_keys, 1)
     return {"key0": DIGITS, "query": DIGITS + K, "pad": DIGITS + K + 1, "vocab": DIGITS + K + 2}
 
 
@@ -476,9 +463,9 @@ def make_lsam_recall(rng: np.random.Generator, batch_size: int, *, n_min: int = 
     Returns:
         ClassificationBatch; mask is False on the leading padding.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
-    K = _check_int("num_keys", num_keys, 1)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
+    K = check_int("num_keys", num_keys, 1)
     n_min, n_max = _check_range("n_min", n_min, "n_max", n_max, 1, K)
     T = _check_maxlen(maxlen, 2 * n_max + 2, "2 n_max + 2")
     stratified = _check_bool("stratified", stratified)
@@ -501,7 +488,7 @@ def make_lsam_recall(rng: np.random.Generator, batch_size: int, *, n_min: int = 
 # ----------------------------------------------------------------- one-hop associative retrieval
 def retrieval_vocab(num_keys: int = 16) -> dict[str, int]:
     """Token ids of the retrieval task: pair key*10 + value, {"query0": 10K, "pad": 11K, "vocab": 11K + 1}."""
-    K = _check_int("num_keys", num_keys, 1)
+    K = check_int("num_keys", num_keys, 1)
     return {"query0": DIGITS * K, "pad": (DIGITS + 1) * K, "vocab": (DIGITS + 1) * K + 1}
 
 
@@ -518,9 +505,9 @@ def make_retrieval(rng: np.random.Generator, batch_size: int, *, num_keys: int =
     Returns:
         ClassificationBatch; tokens[0] is the query, mask is False on the trailing padding.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
-    K = _check_int("num_keys", num_keys, 1)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
+    K = check_int("num_keys", num_keys, 1)
     n_min, n_max = _check_range("n_min", n_min, "n_max", n_max, 1, K)
     T = _check_maxlen(maxlen, 1 + n_max, "1 + n_max")
     stratified = _check_bool("stratified", stratified)
@@ -617,10 +604,10 @@ def make_listops(rng: np.random.Generator, batch_size: int, *, max_depth: int = 
     Returns:
         ClassificationBatch with labels in 0..9.
     """
-    _check_rng(rng)
-    B = _check_int("batch_size", batch_size, 1)
-    max_depth = _check_int("max_depth", max_depth, 1)
-    max_args = _check_int("max_args", max_args, 2)
+    check_rng(rng)
+    B = check_int("batch_size", batch_size, 1)
+    max_depth = check_int("max_depth", max_depth, 1)
+    max_args = check_int("max_args", max_args, 2)
     if isinstance(operator_p, bool) or not isinstance(operator_p, (int, float, np.floating)) \
             or not 0.0 < operator_p <= 1.0:
         raise ValueError(f"operator_p must be a probability in (0, 1]; got {operator_p!r}")
