@@ -192,7 +192,7 @@ def dense_per_step_bytes(config: Config, sizes=(256, 1024), T: int = 4, B: int =
         model = SAM(dense, rng=np.random.default_rng(0))
         xs = np.random.default_rng(1).standard_normal((T, B, config.num_bits + 1))
         _, cache = model.forward(xs)
-        per.append(records_bytes(cache.steps, model.params) / (T * B))
+        per.append(records_bytes(cache, model.params) / (T * B))
     b = (per[1] - per[0]) / (sizes[1] - sizes[0])
     return per[0] - b * sizes[0], b
 
@@ -208,7 +208,7 @@ def footprint(runner: Runner, level: int, dense_ab: tuple[float, float]) -> dict
     tracemalloc.start()
     started = time.perf_counter()
     ys, cache = runner.forward(data.inputs)
-    records = records_bytes(cache.steps, runner.model.params)
+    records = records_bytes(cache, runner.model.params)
     runner.model.backward(np.zeros_like(ys), cache)
     seconds = time.perf_counter() - started                    # with tracemalloc on: slower than a step
     peak = tracemalloc.get_traced_memory()[1]

@@ -139,7 +139,7 @@ class Contestant:
         else:
             ys, cache = self.model.forward(self.xs, self.state, copy_final_memory=False, lookup=self.lookup,
                                            in_place=True)
-        total = records_bytes(cache.steps, self.model.params)
+        total = records_bytes(cache, self.model.params)
         self.model.backward(self.dys, cache)                 # reverts the in-place buffer
         return total / self.T
 
@@ -170,10 +170,11 @@ class Contestant:
                 "near_found": float(np.mean(np.any(found == source[:, None], axis=1)))}
 
 
-def records_bytes(steps: list, params: dict) -> int:
-    """Bytes of the distinct arrays held by the per-step records, not counting the parameters the
-    caches refer to (one copy, shared by every step) or views of arrays counted elsewhere."""
-    return _nbytes(steps, {id(value) for value in params.values()})
+def records_bytes(cache, params: dict) -> int:
+    """Bytes of the distinct arrays a SAM cache keeps for the backward: the per-step records
+    (cache.steps) and step 9's input rows [h_t; r_t] of all t (cache.output), not counting the
+    parameters the caches refer to (one copy, shared by every step) or views of arrays counted elsewhere."""
+    return _nbytes((cache.steps, cache.output), {id(value) for value in params.values()})
 
 
 def _nbytes(x, seen=None) -> int:
@@ -333,7 +334,7 @@ def long_run(T: int, log_n: int = 20, index: str = "lsh", log=print) -> dict:
     start = time.perf_counter()
     ys, cache = model.forward(xs, state, copy_final_memory=False, lookup=lookup, in_place=True)
     forward_s = time.perf_counter() - start
-    records = records_bytes(cache.steps, model.params)
+    records = records_bytes(cache, model.params)
     rss_forward = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     log(f"forward {T} steps at N=2^{log_n} ({index}): {forward_s:.0f} s, records {_fmt_b(records)} "
         f"({_fmt_b(records / T)}/step), peak RSS so far {_fmt_b(rss_forward)}")

@@ -120,7 +120,7 @@ def test_curriculum_dense_estimate_matches_the_dense_engine(monkeypatch):
     model = SAM(SAMConfig(X=config.num_bits + 1, Y=config.num_bits, N=N, W=config.W, R=config.R, K=N, H=config.H,
                           engine="dense"), rng=np.random.default_rng(0))
     _, cache = model.forward(np.random.default_rng(2).standard_normal((T, B, config.num_bits + 1)))
-    measured = records_bytes(cache.steps, model.params) / (T * B)
+    measured = records_bytes(cache, model.params) / (T * B)
     assert abs(measured - (a + b * N)) < 0.01 * measured
 
 

@@ -1,5 +1,7 @@
 """minimem.nn.lstm: the step and BPTT pairs against central differences (every input and parameter),
-planted carried-gradient bugs, the documented gate layout, the autodiff twin and bad input."""
+planted carried-gradient bugs, the documented gate layout, the autodiff twin and bad input; the
+feedback steps (input [x_t; u_t], weight gradients after the loop) against central differences
+and the per-step API."""
 
 import numpy as np
 import pytest
@@ -8,8 +10,9 @@ from hypothesis import given, settings, strategies as st
 from gradcheck.core import assert_grads_close, numeric_vjp
 from minimem import autodiff as ad
 from minimem.nn.lstm import (
-    LSTMModel, lstm_autodiff, lstm_backward, lstm_forward, lstm_init, lstm_step_backward, lstm_step_forward,
-    lstm_step_autodiff,
+    LSTMModel, lstm_autodiff, lstm_backward, lstm_external_share, lstm_feedback_params, lstm_feedback_step_backward,
+    lstm_feedback_step_forward, lstm_feedback_weight_gradients, lstm_forward, lstm_init, lstm_step_backward,
+    lstm_step_forward, lstm_step_autodiff,
 )
 
 PARAMS = ("W_x", "W_h", "b")
@@ -206,3 +209,100 @@ def test_bad_input_raises_value_error_naming_the_shape():
     model.params["lstm.b"] = np.full(8, np.nan)
     with pytest.raises(ValueError, match="parameter lstm.b must be finite"):
         model.forward(np.zeros((2, 1, 3)))
+
+
+# ----------------------------------------------------------------- feedback steps (SAM, NTM, DNC controllers)
+def feedback_forward(xs, h0, c0, u0, params, A, X):
+    """A T-step loop whose input is [x_t; u_t] with u_1 = u0 and u_{t+1} = tanh(h_t @ A) (B, U): the
+    shape of a memory controller's recurrence (u = the read words). Returns hs (T, B, H) and what
+    feedback_backward needs."""
+    split = lstm_feedback_params(params, X)
+    z_ext = lstm_external_share(xs, split)
+    h, c, u, hs, us, caches = h0, c0, u0, [], [], []
+    for t in range(xs.shape[0]):
+        (h, c), cache = lstm_feedback_step_forward(z_ext[t], u, h, c, split)
+        hs.append(h), us.append(u), caches.append(cache)
+        u = np.tanh(h @ A)
+    return np.stack(hs), (split, caches, us)
+
+
+def feedback_backward(dhs, xs, A, saved):
+    """BPTT through feedback_forward: (dxs-free) gradients w.r.t. h0, c0, u0 and the parameters."""
+    split, caches, us = saved
+    T, B, H = dhs.shape
+    dZ = np.empty((T, B, 4 * H))
+    dh, dc, du = np.zeros((B, H)), np.zeros((B, H)), np.zeros_like(us[0])
+    for t in reversed(range(T)):
+        if t + 1 < T:                                             # u_{t+1} = tanh(h_t @ A)
+            dh = dh + (du * (1.0 - us[t + 1] ** 2)) @ A.T
+        du, dh, dc, dZ[t] = lstm_feedback_step_backward(dhs[t] + dh, dc, caches[t], split)
+    return dh, dc, du, lstm_feedback_weight_gradients(xs if split.X else None, caches, dZ, split)
+
+
+def feedback_problem(rng, T, B, X, U, H):
+    xs, h0, c0, params = sequence(rng, T, B, X + U, H)
+    return xs[:, :, :X], h0, c0, rng.standard_normal((B, U)), params, 0.8 * rng.standard_normal((H, U))
+
+
+@settings(max_examples=15, deadline=None)
+@given(T=st.integers(1, 4), B=st.integers(1, 2), X=st.integers(0, 3), U=st.integers(0, 3), H=st.integers(1, 3),
+       seed=st.integers(0, 2**16))
+def test_feedback_steps_match_central_differences(T, B, X, U, H, seed):
+    rng = np.random.default_rng(seed)
+    xs, h0, c0, u0, params, A = feedback_problem(rng, T, B, X, U, H)
+    dhs = rng.standard_normal((T, B, H))
+    hs, saved = feedback_forward(xs, h0, c0, u0, params, A, X)
+    dh0, dc0, du0, grads = feedback_backward(dhs, xs, A, saved)
+    assert list(grads) == list(PARAMS) and all(grads[n].shape == params[n].shape for n in PARAMS)
+
+    def f(h0, c0, u0, W_x, W_h, b):
+        return feedback_forward(xs, h0, c0, u0, {"W_x": W_x, "W_h": W_h, "b": b}, A, X)[0]
+
+    numeric = numeric_vjp(f, (h0, c0, u0) + tuple(params[n] for n in PARAMS), dhs)
+    assert_grads_close((dh0, dc0, du0) + tuple(grads[n] for n in PARAMS), numeric,
+                       names=("h0", "c0", "u0") + PARAMS)
+
+
+@pytest.mark.parametrize("X", [0, 2, 5])
+def test_feedback_steps_equal_the_per_step_api(X):
+    """The same numbers as lstm_step_forward / lstm_step_backward on chi_t = [x_t; u_t] with the
+    per-step weight gradients summed: hoisting changes only the order of additions."""
+    rng = np.random.default_rng(11)
+    T, B, U, H = 6, 4, 5 - X, 7
+    xs, h0, c0, u0, params, A = feedback_problem(rng, T, B, X, U, H)
+    dhs = rng.standard_normal((T, B, H))
+    hs, saved = feedback_forward(xs, h0, c0, u0, params, A, X)
+    dh0, dc0, du0, grads = feedback_backward(dhs, xs, A, saved)
+    _, _, us = saved
+    h, c, steps = h0, c0, []
+    for t in range(T):
+        (h, c), cache = lstm_step_forward(np.concatenate([xs[t], us[t]], axis=1), h, c, params)
+        np.testing.assert_allclose(h, hs[t], rtol=1e-13, atol=1e-14)
+        steps.append(cache)
+    total = {n: np.zeros_like(params[n]) for n in PARAMS}
+    dh, dc, du = np.zeros((B, H)), np.zeros((B, H)), np.zeros((B, U))
+    for t in reversed(range(T)):
+        if t + 1 < T:
+            dh = dh + (du * (1.0 - us[t + 1] ** 2)) @ A.T
+        dchi, dh, dc, step_grads = lstm_step_backward(dhs[t] + dh, dc, steps[t])
+        du = dchi[:, X:]
+        for n in PARAMS:
+            total[n] += step_grads[n]
+    for got, want in zip((dh0, dc0, du0), (dh, dc, du)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    for n in PARAMS:
+        np.testing.assert_allclose(grads[n], total[n], rtol=1e-12, atol=1e-13)
+
+
+def test_feedback_bad_input_raises_value_error():
+    params = lstm_init(np.random.default_rng(0), X=5, H=2)
+    with pytest.raises(ValueError, match=r"X \(the external input width\) must be in \[0, 5\]"):
+        lstm_feedback_params(params, 6)
+    with pytest.raises(ValueError, match=r"X \(the external input width\) must be in \[0, 5\]"):
+        lstm_feedback_params(params, -1)
+    split = lstm_feedback_params(params, 3)
+    assert (split.X, split.U) == (3, 2)
+    with pytest.raises(ValueError, match=r"xs must have shape \(T, B, X\) with X=3"):
+        lstm_external_share(np.zeros((2, 1, 5)), split)
+    with pytest.raises(ValueError, match=r"W_h must have shape \(2, 8\)"):
+        lstm_feedback_params({**params, "W_h": np.zeros((3, 8))}, 3)

@@ -1,6 +1,7 @@
 """The sparse SAM step's fast paths (issue 11) give the same numbers as the plain CSR formulas:
 records keep the CSR arrays and build the scipy matrices on demand, the write's row sums replace
-Ww @ dM, usage is stamped from the arrays, and the read adjoint uses the rows the forward read."""
+Ww @ dM, usage is stamped from the arrays, and the read adjoint uses the rows the forward read.
+Steps 1-2 and 9 with their work hoisted out of the time loop equal the per-step formulas."""
 
 import minimem  # noqa: F401  (pins BLAS threads before numpy)
 import numpy as np
@@ -8,8 +9,13 @@ import pytest
 import scipy.sparse as sp
 
 from minimem.memory.addressing import content_backward, content_forward
-from minimem.memory.sam import SAMConfig, SparseStep, _outputs_backward, output_backward, output_forward
+from minimem.memory.sam import (
+    SAMConfig, controller_prepare, controller_step_backward, controller_step_forward, controller_weight_gradients,
+    output_backward, output_forward, outputs_forward, sam_init,
+)
 from minimem.memory.sam_interface import SAMInterface, interface_backward, interface_forward, interface_size
+from minimem.nn.linear import linear_backward, linear_forward, strip_prefix
+from minimem.nn.lstm import lstm_step_backward, lstm_step_forward
 from minimem.memory.sam_sparse import (
     INDEX_DTYPE, _csr, _row_sums, read_weights_csr, sparse_read_backward, sparse_read_forward,
     sparse_write_forward, stamp_accesses, usage_update, write_weights_csr,
@@ -118,9 +124,9 @@ def test_interface_slope_from_the_forward_equals_the_recomputed_one():
         interface_forward(p[:, 1:], R, W)
 
 
-def test_output_adjoint_over_all_steps_equals_step_by_step():
-    """The backward runs step 9's adjoint once over (T, B): the input gradients are the per-step
-    ones and dW_o, db_o the per-step sums, up to rounding (one product instead of T)."""
+def test_output_layer_over_all_steps_equals_step_by_step():
+    """Step 9 runs once over (T, B) after the loop, forward and adjoint: the outputs and input
+    gradients are the per-step ones and dW_o, db_o the per-step sums, up to rounding."""
     rng = np.random.default_rng(6)
     config = SAMConfig(X=3, Y=4, N=8, W=5, R=2, K=3, H=6)
     params = {"output.W": rng.standard_normal((config.H + config.R * config.W, config.Y)),
@@ -128,15 +134,62 @@ def test_output_adjoint_over_all_steps_equals_step_by_step():
     T, B = 5, 3
     hs, rs = rng.standard_normal((T, B, config.H)), rng.standard_normal((T, B, config.R, config.W))
     dys = rng.standard_normal((T, B, config.Y))
-    steps = [SparseStep(None, None, None, output_forward(hs[t], rs[t], params)[1]) for t in range(T)]
-    dhs, drs, grads = _outputs_backward(dys, steps, config)
-    assert dhs.shape == (T, B, config.H) and drs.shape == (T, B, config.R, config.W)
+    ys, cache = outputs_forward(np.concatenate([hs, rs.reshape(T, B, -1)], axis=2), params, config)
+    dhs, drs, grads = output_backward(dys, cache, config)
+    assert ys.shape == (T, B, config.Y) and dhs.shape == (T, B, config.H) and drs.shape == (T, B, config.R, config.W)
     total = {name: np.zeros_like(value) for name, value in params.items()}
     for t in range(T):
-        dh, dr, g = output_backward(dys[t], steps[t].output, config)
+        y, step_cache = output_forward(hs[t], rs[t], params)
+        np.testing.assert_allclose(ys[t], y, rtol=1e-13, atol=1e-13)
+        dh, dr, g = output_backward(dys[t], step_cache, config)
         np.testing.assert_allclose(dhs[t], dh, rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(drs[t], dr, rtol=1e-13, atol=1e-13)
         for name in total:
             total[name] += g[name]
     for name in total:
         np.testing.assert_allclose(grads[name], total[name], rtol=1e-13, atol=1e-13)
+
+
+def test_controller_with_hoisted_work_equals_the_per_step_formulas():
+    """Steps 1-2 over T steps, with x_t's share of the LSTM's eq. (1) formed before the loop and
+    every weight gradient after it, against lstm_step_forward / lstm_step_backward and
+    linear_forward / linear_backward per step (weight gradients summed): the same h, c, interface
+    and gradients up to the order of additions."""
+    rng = np.random.default_rng(8)
+    config = SAMConfig(X=3, Y=2, N=8, W=4, R=2, K=3, H=5)
+    params = sam_init(rng, config)
+    T, B, R, W, H = 4, 3, config.R, config.W, config.H
+    xs, rs = rng.standard_normal((T, B, config.X)), rng.standard_normal((T, B, R, W))   # r_{t-1}, given
+    dhs, dps = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, config.P))
+    lstm, z_ext = controller_prepare(params, xs, config)
+    h, c, caches, hs = np.zeros((B, H)), np.zeros((B, H)), [], []
+    h_ref, c_ref, ref = np.zeros((B, H)), np.zeros((B, H)), []
+    for t in range(T):
+        h, c, iface, cache = controller_step_forward(z_ext[t], rs[t], h, c, lstm, params, config)
+        caches.append(cache), hs.append(h)
+        chi = np.concatenate([xs[t], rs[t].reshape(B, R * W)], axis=1)
+        (h_ref, c_ref), c_lstm = lstm_step_forward(chi, h_ref, c_ref, strip_prefix("controller", params))
+        p, c_linear = linear_forward(h_ref, params["interface.W"], params["interface.b"])
+        ref.append((c_lstm, c_linear))
+        np.testing.assert_allclose(h, h_ref, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(c, c_ref, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(iface.q, interface_forward(p, R, W)[0].q, rtol=1e-13, atol=1e-14)
+    dZ, dP = np.empty((T, B, 4 * H)), np.empty((T, B, config.P))
+    dh, dc, dh_ref, dc_ref = np.zeros((B, H)), np.zeros((B, H)), np.zeros((B, H)), np.zeros((B, H))
+    total = {}
+    for t in reversed(range(T)):
+        dinterface = caches[t].interface.parsed._replace(q=dps[t, :, :R * (W + 1)].reshape(B, R, W + 1)[:, :, :W])
+        dr, dh, dc, dZ[t], dP[t] = controller_step_backward(dhs[t] + dh, dc, dinterface, caches[t], lstm, params)
+        dp = interface_backward(dinterface, caches[t].interface)
+        dh_p, dW_p, db_p = linear_backward(dp, ref[t][1])
+        dchi, dh_ref, dc_ref, g = lstm_step_backward(dhs[t] + dh_ref + dh_p, dc_ref, ref[t][0])
+        np.testing.assert_allclose(dr, dchi[:, config.X:].reshape(B, R, W), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(dh, dh_ref, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(dc, dc_ref, rtol=1e-12, atol=1e-13)
+        for name, value in {**{f"controller.{k}": v for k, v in g.items()}, "interface.W": dW_p,
+                            "interface.b": db_p}.items():
+            total[name] = total.get(name, 0.0) + value
+    grads = controller_weight_gradients(xs, np.stack(hs), caches, dZ, dP, lstm)
+    assert set(grads) == set(total)
+    for name, value in total.items():
+        np.testing.assert_allclose(grads[name], value, rtol=1e-12, atol=1e-13, err_msg=name)

@@ -67,7 +67,10 @@ from minimem.nn.linear import (
     as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
     strip_prefix, with_prefix,
 )
-from minimem.nn.lstm import lstm_step_autodiff, lstm_step_backward, lstm_step_forward
+from minimem.nn.lstm import (
+    lstm_feedback_params, lstm_feedback_step_backward, lstm_feedback_step_forward, lstm_feedback_weight_gradients,
+    lstm_step_autodiff,
+)
 
 WRITERS = ("local", "grad")            # MNM-p (B6), MNM-g (B5)
 OUTPUT_TARGETS = ("learned", "value")  # the output layer's MNM-p target: projected, or v^w itself (B10.2)
@@ -230,7 +233,7 @@ def _check_state(state, config: MNMConfig, B: int, dtype, what: str = "state") -
 
 # ----------------------------------------------------------------- one step
 class MNMStepCache(NamedTuple):
-    ctrl: object         # LSTMStepCache, eq. (B1)
+    ctrl: object         # LSTMFeedbackCache, eq. (B1)
     iface: InterfaceCache
     interface: Interface  # the step's keys, values and rate (for inspection)
     targets: object      # LinearCache of the target map (MNM-p), or None
@@ -239,6 +242,7 @@ class MNMStepCache(NamedTuple):
     out: object          # LinearCache, eq. (B8)
     head: object         # LinearCache
     meta: object         # ReconCache, eq. (B9)
+    lstm: object = None  # the ctrl.* parameters as LSTMFeedbackParams (shared by every step)
 
 
 def mnm_step_forward(x: np.ndarray, state: MNMState, params: Mapping[str, np.ndarray], config: MNMConfig):
@@ -251,19 +255,24 @@ def mnm_step_forward(x: np.ndarray, state: MNMState, params: Mapping[str, np.nda
     Returns:
         (y (B, Y), meta (B,), state at t), and the cache for mnm_step_backward.
     """
-    (meta, state), cache = _recurrent_step(x, state, params, strip_prefix("ctrl", params), config)
+    (meta, state), cache = _recurrent_step(x, state, params, _ctrl_params(params), config)
     o, out = linear_forward(np.concatenate([state.h, state.r], axis=1), params["out.W"], params["out.b"])  # 6. (B8)
     y, head = linear_forward(o, params["head.W"], params["head.b"])                 # (B, Y)
     return (y, meta, state), cache._replace(out=out, head=head)
 
 
-def _recurrent_step(x: np.ndarray, state: MNMState, params: Mapping[str, np.ndarray], ctrl: Mapping[str, np.ndarray],
-                    config: MNMConfig):
+def _ctrl_params(params: Mapping[str, np.ndarray]):
+    """The ctrl.* parameters split for minimem.nn.lstm's feedback steps (once per sequence): all of
+    u_t = [x_t ; v^r_{t-1}] is fed per step, the weight gradients are formed from the steps' dz."""
+    return lstm_feedback_params(strip_prefix("ctrl", params), 0)
+
+
+def _recurrent_step(x: np.ndarray, state: MNMState, params: Mapping[str, np.ndarray], ctrl, config: MNMConfig):
     """Steps 1.-5. and 7. of mnm_step_forward: everything but the output layers (B8), which do not
-    feed back into the recurrence (mnm_forward runs them for all steps at once). ctrl: the ctrl.*
-    parameters without their prefix. Returns ((meta (B,), state at t), cache with out = head = None)."""
+    feed back into the recurrence (mnm_forward runs them for all steps at once). ctrl: _ctrl_params.
+    Returns ((meta (B,), state at t), cache with out = head = None)."""
     u = np.concatenate([x, state.r], axis=1)                                         # 1. (B, X + d)
-    (h, c), ctrl_cache = lstm_step_forward(u, state.h, state.c, ctrl)               # eq. (B1)
+    (h, c), ctrl_cache = lstm_feedback_step_forward(ctrl.b_s, u, state.h, state.c, ctrl)   # eq. (B1)
     io, iface = mnm_interface_forward(h, params["iface.W"], params["iface.b"], params["beta.w"],
                                       params["beta.b"], config.n_heads, config.beta_max)   # 2.-3. (B2)-(B3)
     targets_cache = None
@@ -275,7 +284,7 @@ def _recurrent_step(x: np.ndarray, state: MNMState, params: Mapping[str, np.ndar
         phi, write = mnm_write_local_forward(state.phi, io.k_write, targets, io.beta)         # 4. eq. (B6)
     r, read = mnm_read_forward(phi, io.k_read)                                       # 5. (B, d) eq. (B7)
     meta, meta_cache = mnm_recon_forward(phi, io.k_write, io.v_write)               # 7. (B,) eq. (B9)
-    cache = MNMStepCache(ctrl_cache, iface, io, targets_cache, write, read, None, None, meta_cache)
+    cache = MNMStepCache(ctrl_cache, iface, io, targets_cache, write, read, None, None, meta_cache, ctrl)
     return (meta, MNMState(h, c, r, phi)), cache
 
 
@@ -292,7 +301,9 @@ def mnm_step_backward(dy: np.ndarray, dmeta: np.ndarray, dstate: MNMState, cache
     H = config.H
     do, dW_head, db_head = linear_backward(dy, cache.head)                           # 6.
     dhr, dW_out, db_out = linear_backward(do, cache.out)
-    dx, dstate_prev, grads = _recurrent_step_backward(dhr[:, :H], dhr[:, H:], dmeta, dstate, cache, config)
+    dx, dstate_prev, grads, dz = _recurrent_step_backward(dhr[:, :H], dhr[:, H:], dmeta, dstate, cache, config)
+    grads.update(with_prefix("ctrl", lstm_feedback_weight_gradients(
+        None, [cache.ctrl], dz[None], cache.lstm)))
     grads.update({"out.W": dW_out, "out.b": db_out, "head.W": dW_head, "head.b": db_head})
     return dx, dstate_prev, grads
 
@@ -300,8 +311,9 @@ def mnm_step_backward(dy: np.ndarray, dmeta: np.ndarray, dstate: MNMState, cache
 def _recurrent_step_backward(dh_out: np.ndarray, dr_out: np.ndarray, dmeta: np.ndarray, dstate: MNMState,
                              cache: MNMStepCache, config: MNMConfig):
     """Adjoint of _recurrent_step. dh_out (B, H), dr_out (B, d): this step's gradients w.r.t. h_t and
-    v^r_t from the output layers (B8). Returns (dx, dstate at t - 1, grads) like mnm_step_backward,
-    without the output layers' parameters."""
+    v^r_t from the output layers (B8). Returns (dx, dstate at t - 1, grads, dz) like mnm_step_backward,
+    without the output layers' and the controller's parameters: dz (B, 4H) is the controller's
+    pre-activation gradient, whose weight gradients are formed over all steps at once."""
     dh, dr = dstate.h + dh_out, dstate.r + dr_out
     dphi_read_meta, dk_read, dk_write, dv_write = mnm_read_recon_backward(dr, cache.read, dmeta, cache.meta)  # 5., 7.
     dphi = dphi_read_meta                                                           # everything on phi_t,
@@ -315,11 +327,10 @@ def _recurrent_step_backward(dh_out: np.ndarray, dr_out: np.ndarray, dmeta: np.n
         dv_w, grads = mnm_targets_backward(dtargets, cache.targets, config.output_target)
     dio = Interface(dk_write + dk_w, dv_write + dv_w, dk_read, dbeta)
     dh_iface, iface_grads = mnm_interface_backward(dio, cache.iface)                 # 2.-3.
-    du, dh_prev, dc_prev, ctrl_grads = lstm_step_backward(dh + dh_iface, dstate.c, cache.ctrl)  # 1.
+    du, dh_prev, dc_prev, dz = lstm_feedback_step_backward(dh + dh_iface, dstate.c, cache.ctrl, cache.lstm)  # 1.
     grads.update(iface_grads)
-    grads.update(with_prefix("ctrl", ctrl_grads))
     X = config.X
-    return du[:, :X], MNMState(dh_prev, dc_prev, du[:, X:], dphi_prev), grads
+    return du[:, :X], MNMState(dh_prev, dc_prev, du[:, X:], dphi_prev), grads, dz
 
 
 # ----------------------------------------------------------------- a sequence
@@ -385,7 +396,7 @@ def mnm_forward(xs: np.ndarray, params: Mapping[str, np.ndarray], config: MNMCon
     H = config.H
     meta = np.empty((T, B), dtype=dtype)
     hr = np.empty((T, B, H + config.d), dtype=dtype)                # [h_t ; v^r_t], the input of eq. (B8)
-    ctrl = strip_prefix("ctrl", params)
+    ctrl = _ctrl_params(params)                                     # split once, not per step
     steps = []
     for t in range(T):
         (meta[t], state), step = _recurrent_step(xs[t], state, params, ctrl, config)
@@ -433,13 +444,17 @@ def mnm_backward(doutputs, cache: MNMCache, dstate: MNMState | None = None):
     dhr, grads["out.W"], grads["out.b"] = linear_backward(do, cache.out)            # (T, B, H + d)
     H = config.H
     dxs = np.empty_like(cache.xs)
+    dZ = np.empty((T, B, 4 * H), dtype=dtype)                       # every step's controller dz
     for t in reversed(range(T)):
-        dxs[t], dstate, step_grads = _recurrent_step_backward(dhr[t, :, :H], dhr[t, :, H:], dmeta[t], dstate,
-                                                              steps[t], config)
+        dxs[t], dstate, step_grads, dZ[t] = _recurrent_step_backward(dhr[t, :, :H], dhr[t, :, H:], dmeta[t], dstate,
+                                                                     steps[t], config)
         for name, value in step_grads.items():
             grads[name] += value                                    # the weights are shared by every step
         if _cut(t, config):
             dstate = _zero_state(config, B, dtype)                  # the state entering step t is a constant
+    # 1. eq. (B1)'s weights: one product each over all steps
+    for name, value in lstm_feedback_weight_gradients(None, [s.ctrl for s in steps], dZ, steps[0].lstm).items():
+        grads[f"ctrl.{name}"] += value
     if config.learn_init and cache.initial:
         for l, dW in enumerate(dstate.phi, start=1):
             grads[f"mem0.W{l}"] += dW.sum(axis=0)                   # phi_0 is shared by the batch

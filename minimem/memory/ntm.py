@@ -70,7 +70,10 @@ from minimem.nn.linear import (
     LinearCache, as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
     strip_prefix, with_prefix,
 )
-from minimem.nn.lstm import LSTMStepCache, lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward
+from minimem.nn.lstm import (
+    LSTMFeedbackCache, LSTMFeedbackParams, lstm_feedback_params, lstm_feedback_step_backward,
+    lstm_feedback_step_forward, lstm_feedback_weight_gradients, lstm_init, lstm_step_autodiff,
+)
 from minimem.nn.mlp import activation_backward, activation_forward
 
 CONTROLLERS = ("lstm", "feedforward")
@@ -192,10 +195,11 @@ class FeedforwardCache(NamedTuple):
     tanh: tuple          # activation cache
 
 
-def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray,
-                            params: Mapping[str, np.ndarray], kind: str):
-    """Step 2: the controller. "lstm": minimem.nn.lstm (params W_x, W_h, b); "feedforward": one
-    tanh layer h_t = tanh(chi_t @ W + b) (spec A.10.7), which ignores h_prev and carries c unchanged.
+def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, params, kind: str):
+    """Step 2: the controller. "lstm": minimem.nn.lstm's feedback step, params the LSTMFeedbackParams
+    of W_x, W_h, b (lstm_feedback_params(., 0): all of chi_t is fed per step, its weight gradients
+    are formed after the time loop); "feedforward": one tanh layer h_t = tanh(chi_t @ W + b) (spec
+    A.10.7, params W, b), which ignores h_prev and carries c unchanged.
 
     Args:
         chi: (B, X + R W) input [x_t; r_{t-1}]. h_prev, c_prev: (B, H).
@@ -203,18 +207,21 @@ def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndar
         (h, c), each (B, H), and the cache for controller_step_backward.
     """
     if kind == "lstm":
-        return lstm_step_forward(chi, h_prev, c_prev, params)
+        return lstm_feedback_step_forward(params.b_s, chi, h_prev, c_prev, params)
     z, linear = linear_forward(chi, params["W"], params["b"])         # (B, H)
     h, tanh = activation_forward(z, "tanh")
     return (h, c_prev), FeedforwardCache(linear, tanh)
 
 
-def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache):
-    """Adjoint of controller_step_forward: (dchi, dh_prev, dc_prev, parameter gradients)."""
-    if isinstance(cache, LSTMStepCache):
-        return lstm_step_backward(dh, dc, cache)
+def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache, lstm: LSTMFeedbackParams | None):
+    """Adjoint of controller_step_forward: (dchi, dh_prev, dc_prev, parameter gradients, dz). The
+    LSTM's gradients are left to ntm_backward (one product each over all steps): it returns {} and
+    dz (B, 4H); the feedforward controller returns {W, b} and dz None."""
+    if isinstance(cache, LSTMFeedbackCache):
+        dchi, dh_prev, dc_prev, dz = lstm_feedback_step_backward(dh, dc, cache, lstm)
+        return dchi, dh_prev, dc_prev, {}, dz
     dchi, dW, db = linear_backward(activation_backward(dh, cache.tanh), cache.linear)
-    return dchi, np.zeros_like(dh), dc, {"W": dW, "b": db}
+    return dchi, np.zeros_like(dh), dc, {"W": dW, "b": db}, None
 
 
 def controller_step_autodiff(chi, h_prev, c_prev, tparams: Mapping[str, ad.Tensor], kind: str):
@@ -227,7 +234,8 @@ def controller_step_autodiff(chi, h_prev, c_prev, tparams: Mapping[str, ad.Tenso
 # ----------------------------------------------------------------- the parameters arranged for a step
 class NTMWeights(NamedTuple):
     """The parameters arranged for a step: every head's map concatenated along its output axis."""
-    controller: dict     # plain names: W_x, W_h, b (lstm) or W, b (feedforward)
+    controller: object   # plain names: W_x, W_h, b (lstm) or W, b (feedforward); the manual engine's
+                         # LSTM: their LSTMFeedbackParams (ntm_forward)
     heads_W: np.ndarray  # (H, P) = [read0.W | ... | write0.W | ...]
     heads_b: np.ndarray  # (P,)
     output_W: np.ndarray  # (H + R W, Y)
@@ -244,7 +252,7 @@ def _arrange_weights(params: Mapping, config: NTMConfig, concatenate=np.concaten
 
 # ----------------------------------------------------------------- one step
 class NTMStepCache(NamedTuple):
-    controller: object           # LSTMStepCache or FeedforwardCache, step 2
+    controller: object           # LSTMFeedbackCache or FeedforwardCache, step 2
     heads_linear: LinearCache    # step 3
     heads_clip: ClipCache
     heads: HeadOutputsCache      # step 4
@@ -294,16 +302,20 @@ def ntm_step_forward(x: np.ndarray, state: NTMState, weights: NTMWeights, config
     return (y, NTMState(M, w_read, w_write, r, h, c)), cache
 
 
-def ntm_step_backward(dy: np.ndarray, dstate: NTMState, cache: NTMStepCache, config: NTMConfig):
+def ntm_step_backward(dy: np.ndarray, dstate: NTMState, cache: NTMStepCache, config: NTMConfig,
+                      lstm: LSTMFeedbackParams | None = None):
     """Adjoint of ntm_step_forward.
 
     Args:
         dy: (B, Y) gradient of the loss w.r.t. this step's logits (arrives from outside).
         dstate: gradients w.r.t. the state at t (M_t, w_t, r_t, h_t, c_t), carried from step t+1.
+        lstm: the LSTMFeedbackParams of the forward (NTMCache.lstm); None for feedforward.
     Returns:
-        (dstate_prev, grads): the gradients w.r.t. the state at t - 1, to carry to step t - 1, and
-        this step's parameter gradients: controller.*, output.W, output.b, and heads.W (H, P),
-        heads.b (P,) for the concatenated head maps of NTMWeights.
+        (dstate_prev, grads, dz_lstm): the gradients w.r.t. the state at t - 1, to carry to step
+        t - 1; this step's parameter gradients: controller.* (feedforward only), output.W, output.b,
+        and heads.W (H, P), heads.b (P,) for the concatenated head maps of NTMWeights; and the LSTM
+        controller's pre-activation gradient dz_lstm (B, 4H) (None for feedforward), whose weight
+        gradients ntm_backward forms over all steps at once.
     """
     B, R, W, H = dy.shape[0], config.R, config.W, config.H
     dz, doutput_W, doutput_b = linear_backward(clip_backward(dy, cache.output_clip), cache.output_linear)  # 8.
@@ -328,11 +340,12 @@ def ntm_step_backward(dy: np.ndarray, dstate: NTMState, cache: NTMStepCache, con
                                      for r_, w_ in zip(dread_heads[1:], dwrite_heads[1:]))
     do = head_outputs_backward(HeadOutputs(dk, dbeta, dg, ds, dgamma, de, da), cache.heads)   # 4.
     dh_heads, dheads_W, dheads_b = linear_backward(clip_backward(do, cache.heads_clip), cache.heads_linear)  # 3.
-    dchi, dh_prev, dc_prev, dcontroller = controller_step_backward(dh + dh_heads, dstate.c, cache.controller)  # 2.
+    dchi, dh_prev, dc_prev, dcontroller, dz_lstm = controller_step_backward(dh + dh_heads, dstate.c,
+                                                                            cache.controller, lstm)   # 2.
     dr_prev = dchi[:, config.X:].reshape(B, R, W)                                    # 1. (dx_t is not needed)
     grads = {**with_prefix("controller", dcontroller), "heads.W": dheads_W, "heads.b": dheads_b,
              "output.W": doutput_W, "output.b": doutput_b}
-    return NTMState(dM_prev, dw_read_prev, dw_write_prev, dr_prev, dh_prev, dc_prev), grads
+    return NTMState(dM_prev, dw_read_prev, dw_write_prev, dr_prev, dh_prev, dc_prev), grads, dz_lstm
 
 
 # ----------------------------------------------------------------- a sequence
@@ -343,6 +356,7 @@ class NTMCache(NamedTuple):
     steps: list                  # T NTMStepCache
     init: InitCache | None       # None when the caller passed the initial state
     final_state: NTMState        # the state after step T (pass it to the next call to continue)
+    lstm: LSTMFeedbackParams | None = None   # the LSTM controller's split parameters (None: feedforward)
 
     def internals(self) -> dict[str, np.ndarray]:
         """Per-step values stacked over time: read_weightings (T, B, R, N), write_weightings
@@ -389,13 +403,17 @@ def ntm_forward(xs: np.ndarray, params: Mapping[str, np.ndarray], config: NTMCon
     else:
         state = check_state(state, config, B, dtype)
     weights = _arrange_weights(params, config)
+    lstm = None
+    if config.controller == "lstm":                     # split once; chi_t = [x_t; r_{t-1}] is fed per step
+        lstm = lstm_feedback_params(weights.controller, 0)
+        weights = weights._replace(controller=lstm)
     ys = np.empty((T, B, config.Y), dtype=dtype)
     steps = []
     for t in range(T):
         (ys[t], state), step = ntm_step_forward(xs[t], state, weights, config)
         steps.append(step)
     shapes = {name: np.shape(p) for name, p in params.items()}
-    return ys, NTMCache(config, shapes, steps, init_cache, state)
+    return ys, NTMCache(config, shapes, steps, init_cache, state, lstm)
 
 
 def ntm_backward(dys: np.ndarray, cache: NTMCache, dstate: NTMState | None = None):
@@ -423,13 +441,19 @@ def ntm_backward(dys: np.ndarray, cache: NTMCache, dstate: NTMState | None = Non
     else:
         dstate = check_state(dstate, config, B, dtype, what="dstate", weightings=False)
     total: dict[str, np.ndarray] = {}
+    dZ = None if cache.lstm is None else np.empty((T, B, 4 * config.H), dtype=dtype)   # every step's dz
     for t in reversed(range(T)):
-        dstate, step_grads = ntm_step_backward(dys[t], dstate, steps[t], config)
+        dstate, step_grads, dz_lstm = ntm_step_backward(dys[t], dstate, steps[t], config, cache.lstm)
+        if dZ is not None:
+            dZ[t] = dz_lstm
         for name, value in step_grads.items():          # the weights are shared by every step
             if name in total:
                 total[name] += value                    # in place into the copy made at t = T - 1
             else:
                 total[name] = np.array(value, copy=True)
+    if dZ is not None:                                  # the LSTM's weights: one product each over all steps
+        total.update(with_prefix("controller", lstm_feedback_weight_gradients(
+            None, [step.controller for step in steps], dZ, cache.lstm)))
     grads = {name: value for name, value in total.items() if not name.startswith("heads.")}
     for name, columns in config.layout.head_columns():   # split [read0.W | ... | write0.W | ...]
         grads[f"{name}.W"] = np.ascontiguousarray(total["heads.W"][:, columns])

@@ -17,7 +17,11 @@ One time step, spec C.3 (paper eq. numbers in brackets):
                 r^i_t = sum_s wR^i_t(s) M_t(s)                                           then read M_t
     8. [U(2)]   last_t(j) = t where wW_t(j) + sum_i wR^i_t(j) > delta                    usage
     9.          y_t = [h_t; r^1_t; ..; r^R_t] W_o + b_o
-Steps 3-8 are minimem.memory.sam_sparse (and its dense twin minimem.memory.sam_dense).
+Steps 3-8 are minimem.memory.sam_sparse (and its dense twin minimem.memory.sam_dense). The time
+loop keeps only what feeds back: x_t's share of step 1's LSTM pre-activations is one product over
+all T before it (controller_prepare), step 9 one product after it (outputs_forward), and the
+backward forms the weight gradients of steps 1, 2 and 9 after its loop, one product per weight
+(controller_weight_gradients).
 
 Parameters (an ordered dict; the same names key gradients, checkpoints and golden files):
     `controller.W_x` (X + R W, 4H)  used as [x_t; r^1_{t-1}; ..; r^R_{t-1}] @ W_x (rows [0:X] act on
@@ -74,40 +78,68 @@ from minimem.nn.linear import (
     LinearCache, as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
     linear_init, strip_prefix, with_prefix,
 )
-from minimem.nn.lstm import LSTMStepCache, lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward
+from minimem.nn.lstm import (
+    LSTMFeedbackCache, LSTMFeedbackParams, lstm_external_share, lstm_feedback_params, lstm_feedback_step_backward,
+    lstm_feedback_step_forward, lstm_feedback_weight_gradients, lstm_init, lstm_step_autodiff,
+)
 
 __all__ = ["SAM", "SAMConfig", "SAMState", "SAMGrad", "SAMRecord", "SAMCache", "SAMLookup", "sam_forward",
            "sam_backward", "sam_autodiff", "sam_init", "initial_state", "param_shapes"]
 
 
 # ----------------------------------------------------------------- controller and output, steps 1-2 and 9
+# The controller input is chi_t = [x_t; r_{t-1}]: x_t's share of the LSTM's eq. (1) is formed for all T
+# before the loop (controller_prepare) and the weight gradients of steps 1-2 after it
+# (controller_weight_gradients); the loop keeps only what the recurrence needs (minimem.nn.lstm's
+# lstm_feedback_* functions).
 class ControllerCache(NamedTuple):
-    lstm: LSTMStepCache          # step 1, the LSTM cell
-    interface_linear: LinearCache  # step 1, p_t = h_t W_p + b_p
+    lstm: LSTMFeedbackCache      # step 1, the LSTM cell
     interface: object            # step 2, sam_interface.InterfaceCache
 
 
-def controller_step_forward(x, r_prev, h_prev, c_prev, lstm: Mapping, params: Mapping, config: SAMConfig):
-    """Steps 1-2: (h, c, SAMInterface, cache) from x (B, X), r_{t-1} (B, R, W), h, c (B, H).
-    lstm: the controller.* parameters under minimem.nn.lstm's names (strip_prefix, once per
-    sequence); params: the parameter dict (interface.W, interface.b), checked at the sequence entry."""
-    B, R, W = x.shape[0], config.R, config.W
-    chi = np.concatenate([x, r_prev.reshape(B, R * W)], axis=1)                      # (B, X + RW)
-    (h, c), c_lstm = lstm_step_forward(chi, h_prev, c_prev, lstm)
-    p, c_linear = linear_forward(h, params["interface.W"], params["interface.b"])   # (B, P)
-    iface, c_iface = interface_forward(p, R, W, config.write_squash, validate=False)
-    return h, c, iface, ControllerCache(c_lstm, c_linear, c_iface)
+def controller_prepare(params: Mapping, xs: np.ndarray, config: SAMConfig):
+    """Once per sequence: (the controller.* parameters split for chi_t = [x_t; r_{t-1}] (an
+    LSTMFeedbackParams), x_t's share of eq. (1) for every step (T, B, 4H))."""
+    lstm = lstm_feedback_params(strip_prefix("controller", params), config.X)
+    return lstm, lstm_external_share(xs, lstm)
 
 
-def controller_step_backward(dh, dc, dinterface: SAMInterface, cache: ControllerCache, config: SAMConfig):
-    """Adjoint of steps 1-2. dh: (B, H) gradient w.r.t. h_t from the output and from step t+1; dc
-    likewise. Returns (dr_prev (B, R, W), dh_prev, dc_prev, grads of controller.* and interface.*)."""
+def controller_step_forward(z_ext, r_prev, h_prev, c_prev, lstm: LSTMFeedbackParams, params: Mapping,
+                            config: SAMConfig):
+    """Steps 1-2: (h, c, SAMInterface, cache) from x_t's share z_ext (B, 4H) of the LSTM's eq. (1)
+    (controller_prepare), r_{t-1} (B, R, W), h, c (B, H). params: the parameter dict (interface.W,
+    interface.b), checked at the sequence entry."""
+    B, R, W = r_prev.shape
+    (h, c), c_lstm = lstm_feedback_step_forward(z_ext, r_prev.reshape(B, R * W), h_prev, c_prev, lstm)   # 1.
+    p = h @ params["interface.W"]                                                    # (B, P)
+    p += params["interface.b"]
+    iface, c_iface = interface_forward(p, R, W, config.write_squash, validate=False)  # 2.
+    return h, c, iface, ControllerCache(c_lstm, c_iface)
+
+
+def controller_step_backward(dh, dc, dinterface: SAMInterface, cache: ControllerCache, lstm: LSTMFeedbackParams,
+                             params: Mapping):
+    """Adjoint of steps 1-2 without the weight gradients. dh: (B, H) gradient w.r.t. h_t from the
+    output and from step t+1; dc likewise. Returns (dr_prev (B, R, W), dh_prev, dc_prev, dz (B, 4H)
+    the LSTM's pre-activation gradient, dp (B, P)), dz and dp for controller_weight_gradients."""
     dp = interface_backward(dinterface, cache.interface)                           # 2.
-    dh_p, dW_p, db_p = linear_backward(dp, cache.interface_linear)                 # 1.
-    dchi, dh_prev, dc_prev, lstm_grads = lstm_step_backward(dh + dh_p, dc, cache.lstm)
-    dr_prev = dchi[:, config.X:].reshape(dchi.shape[0], config.R, config.W)
-    grads = {**with_prefix("controller", lstm_grads), "interface.W": dW_p, "interface.b": db_p}
-    return dr_prev, dh_prev, dc_prev, grads
+    dh = dh + dp @ params["interface.W"].T                                         # 1. p_t = h_t W_p + b_p
+    dr_prev, dh_prev, dc_prev, dz = lstm_feedback_step_backward(dh, dc, cache.lstm, lstm)
+    B, R, W = dp.shape[0], cache.interface.R, cache.interface.W
+    return dr_prev.reshape(B, R, W), dh_prev, dc_prev, dz, dp
+
+
+def controller_weight_gradients(xs, hs, caches: list, dZ, dP, lstm: LSTMFeedbackParams) -> dict:
+    """The controller.* and interface.* gradients of a whole sequence, after the time loop (the
+    weights are shared by every step): xs (T, B, X), hs (T, B, H) the h_t, caches the T
+    ControllerCache, dZ (T, B, 4H) and dP (T, B, P) the steps' dz and dp. One product per weight
+    over all (T, B) rows."""
+    T, B, P = dP.shape
+    grads = with_prefix("controller", lstm_feedback_weight_gradients(xs, [c.lstm for c in caches], dZ, lstm))
+    dP_flat = dP.reshape(T * B, P)
+    grads["interface.W"] = hs.reshape(T * B, -1).T @ dP_flat
+    grads["interface.b"] = dP_flat.sum(axis=0)
+    return grads
 
 
 def output_forward(h, r, params: Mapping):
@@ -124,14 +156,19 @@ def output_backward(dy, cache: LinearCache, config: SAMConfig):
     return dhr[..., :H], dhr[..., H:].reshape(dy.shape[:-1] + (config.R, config.W)), {"output.W": dW, "output.b": db}
 
 
-def _outputs_backward(dys, steps: list, config: SAMConfig):
-    """Adjoint of step 9 for every t at once (y_t feeds nothing back into the recurrence): one
-    product over the (T, B) rows [h_t; r_t] the steps kept instead of T small ones. Returns
-    (dh (T, B, H), dr (T, B, R, W), {output.W, output.b}); the weight gradients are the per-step
-    sums up to rounding."""
-    first = steps[0].output
-    stacked = LinearCache(np.stack([step.output.x for step in steps]), first.W, first.has_bias)
-    return output_backward(dys, stacked, config)
+def outputs_forward(hr, params: Mapping, config: SAMConfig):
+    """Step 9 for every t at once, after the time loop (y_t feeds nothing back into the recurrence):
+    one product over the (T, B) rows [h_t; r^1_t; ..; r^R_t] the loop wrote into hr (T, B, H + R W)
+    instead of T small ones. Returns ys (T, B, Y) and the cache for output_backward, which then
+    also runs once over all t."""
+    ys, cache = linear_forward(hr, params["output.W"], params["output.b"])
+    return ys.astype(config.dtype, copy=False), cache
+
+
+def _controller_buffers(dys, config: SAMConfig):
+    """Empty (T, B, 4H) and (T, B, P) arrays for every step's dz and dp (controller_weight_gradients)."""
+    T, B = dys.shape[:2]
+    return np.empty((T, B, 4 * config.H), dys.dtype), np.empty((T, B, config.P), dys.dtype)
 
 
 def _accumulate(total: dict, grads: dict) -> None:
@@ -197,13 +234,11 @@ class SparseStep(NamedTuple):
     controller: ControllerCache
     write: WriteRecord           # steps 3-6: l_t, Ww, saved rows, a_t, gates
     read: ReadRecord             # step 7: S^i_t, Wr, q, beta
-    output: LinearCache          # step 9
 
 
 class DenseStep(NamedTuple):
     controller: ControllerCache
     access: DenseAccessCache     # steps 3-8, every array (B, N, .) of the dense twin
-    output: LinearCache
 
 
 @dataclass
@@ -219,6 +254,9 @@ class SAMCache:
     memory: np.ndarray | None = None
     applied: int = 0
     lookup: "SAMLookup | None" = None   # index and LRA order of final_state (sparse engine, not frozen)
+    lstm: LSTMFeedbackParams | None = None   # the controller's split parameters (controller_prepare)
+    output: LinearCache | None = None       # step 9 over all t: x = the (T, B, H + R W) rows [h_t; r_t]
+    params: Mapping | None = None           # the parameter dict of the forward (interface.W)
 
 
 def sam_forward(params: Mapping, xs: np.ndarray, config: SAMConfig, state: SAMState | None = None,
@@ -261,7 +299,7 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
                     lookup: SAMLookup | None, in_place: bool):
     T, B, _ = xs.shape
     R, K, discount = config.R, config.K, config.discount_or_none
-    lstm = strip_prefix("controller", params)                        # split once, not per step
+    lstm, z_ext = controller_prepare(params, xs, config)             # split once; x_t's share for all t
     M = state.M if in_place else np.array(state.M, order="C", copy=True)   # THE memory buffer (B, N, W)
     last, usage = np.array(state.last, copy=True), np.array(state.usage, copy=True)
     index, weight, r, h, c = state.read_index, state.read_weight, state.r, state.h, state.c
@@ -270,11 +308,11 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
         ann, order = lookup.index, lookup.lra
     else:
         lookup = ann = order = None                                  # the record makes every choice
-    ys = np.empty((T, B, config.Y), dtype=config.dtype)
+    hr = np.empty((T, B, config.H + R * config.W), dtype=config.dtype)    # step 9's input rows [h_t; r_t]
     steps, lras, indexes = [], np.empty((T, B), INDEX_DTYPE), np.empty((T, B, R, K), INDEX_DTYPE)
     for t in range(T):
         now = state.t + t + 1
-        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, lstm, params, config)   # 1.-2.
+        h, c, iface, c_controller = controller_step_forward(z_ext[t], r, h, c, lstm, params, config)   # 1.-2.
         if frozen is not None:
             lra = frozen.lra[t]
         else:
@@ -292,15 +330,16 @@ def _sparse_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy
                                   discount)                                                        # 8.
         if order is not None:
             order.touch(accessed, now)                                                             # 8. LRA order
-        ys[t], c_output = output_forward(h, r, params)                                             # 9.
-        steps.append(SparseStep(c_controller, write, read, c_output))
+        hr[t, :, :config.H], hr[t, :, config.H:] = h, r.reshape(B, -1)                            # 9. after the loop
+        steps.append(SparseStep(c_controller, write, read))
         index, weight = read.index, read.w
         lras[t], indexes[t] = write.lra, index
+    ys, c_output = outputs_forward(hr, params, config)                                             # 9.
     final = SAMState(M.copy() if copy_final_memory else M, last, usage, index, weight, r, h, c, state.t + T)
     if lookup is not None:
         lookup.t = state.t + T
     return ys, SAMCache(config, xs, state, steps, final, SAMRecord(indexes, lras), memory=M, applied=T,
-                        lookup=lookup)
+                        lookup=lookup, lstm=lstm, output=c_output, params=params)
 
 
 def _make_index(config: SAMConfig, M: np.ndarray):
@@ -312,24 +351,26 @@ def _make_index(config: SAMConfig, M: np.ndarray):
 def _dense_forward(params, xs, config: SAMConfig, state: SAMState, frozen, copy_final_memory: bool):
     T, B, _ = xs.shape
     N, R, K = config.N, config.R, config.K
-    lstm = strip_prefix("controller", params)                        # split once, not per step
+    lstm, z_ext = controller_prepare(params, xs, config)             # split once; x_t's share for all t
     M, last, usage, r, h, c = state.M, state.last, state.usage, state.r, state.h, state.c
     w_read = np.zeros((B, R, N), dtype=config.dtype)
     np.put_along_axis(w_read, state.read_index, state.read_weight, axis=-1)      # (B, R, N), 0 if empty
-    ys = np.empty((T, B, config.Y), dtype=config.dtype)
+    hr = np.empty((T, B, config.H + R * config.W), dtype=config.dtype)    # step 9's input rows [h_t; r_t]
     steps, lras, indexes = [], np.empty((T, B), INDEX_DTYPE), np.empty((T, B, R, K), INDEX_DTYPE)
     for t in range(T):
-        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, lstm, params, config)   # 1.-2.
+        h, c, iface, c_controller = controller_step_forward(z_ext[t], r, h, c, lstm, params, config)   # 1.-2.
         (M, last, usage, w_read, r), c_access = dense_access_forward(
             M, last, usage, w_read, iface.q, iface.beta, iface.a, iface.alpha, iface.gamma, state.t + t + 1,
             K, config.delta, config.discount_or_none, None if frozen is None else frozen.lra[t],
             None if frozen is None else frozen.read_index[t])                                     # 3.-8.
-        ys[t], c_output = output_forward(h, r, params)                                             # 9.
-        steps.append(DenseStep(c_controller, c_access, c_output))
+        hr[t, :, :config.H], hr[t, :, config.H:] = h, r.reshape(B, -1)                            # 9. after the loop
+        steps.append(DenseStep(c_controller, c_access))
         lras[t], indexes[t] = c_access.lra, c_access.index
+    ys, c_output = outputs_forward(hr, params, config)                                             # 9.
     index = indexes[-1]
     final = SAMState(M, last, usage, index, np.take_along_axis(w_read, index, axis=-1), r, h, c, state.t + T)
-    return ys, SAMCache(config, xs, state, steps, final, SAMRecord(indexes, lras))
+    return ys, SAMCache(config, xs, state, steps, final, SAMRecord(indexes, lras), lstm=lstm,
+                        output=c_output, params=params)
 
 
 def sam_backward(dys: np.ndarray, cache: SAMCache, dstate: SAMGrad | None = None):
@@ -370,17 +411,20 @@ def _sparse_backward(dys, cache: SAMCache, dstate: SAMGrad, grads: dict, owned: 
     cache.applied = len(steps)
     dM = dstate.M if owned else np.array(dstate.M, order="C", copy=True)   # THE gradient buffer (B, N, W)
     dweight, dr_carry, dh, dc = dstate.read_weight, dstate.r, dstate.h, dstate.c
-    dh_out, dr, g_out = _outputs_backward(dys, steps, config)              # 9. (T, B, H), (T, B, R, W)
+    dh_out, dr, g_out = output_backward(dys, cache.output, config)         # 9. (T, B, H), (T, B, R, W)
     _accumulate(grads, g_out)
+    dZ, dP = _controller_buffers(dys, config)                              # every step's dz, dp
     for t in reversed(range(len(steps))):
         step = steps[t]
         dq, dbeta = sparse_read_backward(dr[t] + dr_carry, dweight, M, dM, step.read)             # 7. M holds M_t
         sparse_write_revert(M, step.write)                                                         # 6. M holds M_{t-1}
         cache.applied = t
         da, dalpha, dgamma, dweight = sparse_write_backward(dM, step.write)                       # 6.-4.
-        dr_carry, dh, dc, g_controller = controller_step_backward(
-            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, config)  # 2.-1.
-        _accumulate(grads, g_controller)
+        dr_carry, dh, dc, dZ[t], dP[t] = controller_step_backward(
+            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, cache.lstm,
+            cache.params)                                                                          # 2.-1.
+    _accumulate(grads, controller_weight_gradients(cache.xs, cache.output.x[..., :config.H],
+                                                    [s.controller for s in steps], dZ, dP, cache.lstm))
     return SAMGrad(dM, dweight, dr_carry, dh, dc)
 
 
@@ -390,15 +434,18 @@ def _dense_backward(dys, cache: SAMCache, dstate: SAMGrad, grads: dict) -> SAMGr
     dM, dr_carry, dh, dc = dstate.M, dstate.r, dstate.h, dstate.c
     dw_read = np.zeros((B, R, N), dtype=dys.dtype)
     np.put_along_axis(dw_read, cache.final_state.read_index, dstate.read_weight, axis=-1)
-    dh_out, dr, g_out = _outputs_backward(dys, steps, config)              # 9. (T, B, H), (T, B, R, W)
+    dh_out, dr, g_out = output_backward(dys, cache.output, config)         # 9. (T, B, H), (T, B, R, W)
     _accumulate(grads, g_out)
+    dZ, dP = _controller_buffers(dys, config)                              # every step's dz, dp
     for t in reversed(range(len(steps))):
         step = steps[t]
         dM, dw_read, dq, dbeta, da, dalpha, dgamma = dense_access_backward(
             dM, dw_read, dr[t] + dr_carry, step.access)                                            # 8.-3.
-        dr_carry, dh, dc, g_controller = controller_step_backward(
-            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, config)  # 2.-1.
-        _accumulate(grads, g_controller)
+        dr_carry, dh, dc, dZ[t], dP[t] = controller_step_backward(
+            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), step.controller, cache.lstm,
+            cache.params)                                                                          # 2.-1.
+    _accumulate(grads, controller_weight_gradients(cache.xs, cache.output.x[..., :config.H],
+                                                    [s.controller for s in steps], dZ, dP, cache.lstm))
     dweight0 = np.take_along_axis(dw_read, cache.state0.read_index, axis=-1)
     return SAMGrad(dM, dweight0, dr_carry, dh, dc)
 

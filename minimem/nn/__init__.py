@@ -34,8 +34,9 @@ from minimem.nn.losses import (
     softmax_cross_entropy_forward,
 )
 from minimem.nn.lstm import (
-    LSTMModel, lstm_autodiff, lstm_backward, lstm_forward, lstm_init, lstm_step_autodiff, lstm_step_backward,
-    lstm_step_forward,
+    LSTMFeedbackParams, LSTMModel, lstm_autodiff, lstm_backward, lstm_external_share, lstm_feedback_params,
+    lstm_feedback_step_backward, lstm_feedback_step_forward, lstm_feedback_weight_gradients, lstm_forward,
+    lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward, lstm_weight_gradients,
 )
 from minimem.nn.mlp import MLPModel, mlp_autodiff, mlp_backward, mlp_forward, mlp_init
 

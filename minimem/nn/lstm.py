@@ -14,6 +14,9 @@ Equations (one step):
 Parameters (plain names; a model prefixes them, e.g. `controller.W_x`):
     `W_x`: (X, 4H), used as `x @ W_x`;  `W_h`: (H, 4H), used as `h @ W_h`;  `b`: (4H,).
     Gate order along the 4H columns: i, f, g, o (the blocks [0:H], [H:2H], [2H:3H], [3H:4H]).
+Controllers whose input feeds back (SAM, NTM, MNM: chi_t = [x_t; r_{t-1}]) use the lstm_feedback_*
+functions: the same step, with what does not depend on the recurrence hoisted out of the time loop
+(x_t's share of eq. (1) before it, the weight gradients after it, one product each over all steps).
 Mapping to other libraries: PyTorch nn.LSTM has the same gate order: W_x = weight_ih_l0.T,
 W_h = weight_hh_l0.T, b = bias_ih_l0 + bias_hh_l0. Keras LSTM: kernel = W_x, recurrent_kernel = W_h,
 bias = b (order i, f, c, o). TensorFlow 1 BasicLSTMCell splits i, j, f, o (j = our g) over one
@@ -124,22 +127,25 @@ def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache):
     Returns (dx (B, X), dh_prev (B, H), dc_prev (B, H), {"W_x", "W_h", "b"} gradients).
     """
     x, h_prev, W_x, W_h = cache.x, cache.h_prev, cache.W_x, cache.W_h
-    dz, dc_prev = _cell_backward(dh, dc, cache)
+    dz, dc_prev = _cell_backward(dh, dc, cache.c_prev, _step_gates(cache), cache.tanh_c)
     dx = dz @ W_x.T                                             # (B, X)   eq. (1)
     dh_prev = dz @ W_h.T                                        # (B, H)
     grads = {"W_x": x.T @ dz, "W_h": h_prev.T @ dz, "b": dz.sum(axis=0)}
     return dx, dh_prev, dc_prev, grads
 
 
-def _cell_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache, out: np.ndarray | None = None):
-    """Adjoint of eqs. (2)-(4): (dz (B, 4H), dc_prev (B, H)) from dh and dc as in lstm_step_backward;
-    dz is written into `out` when given."""
-    c_prev, i, f, g, o, tanh_c = cache.c_prev, cache.i, cache.f, cache.g, cache.o, cache.tanh_c
-    H = i.shape[1]
+def _step_gates(cache: LSTMStepCache) -> np.ndarray:
+    """The (B, 4H) block [i, f, g, o] of a step cache (rebuilt for a cache assembled without it)."""
+    return np.concatenate([cache.i, cache.f, cache.g, cache.o], axis=1) if cache.gates is None else cache.gates
+
+
+def _cell_backward(dh: np.ndarray, dc: np.ndarray, c_prev: np.ndarray, gates: np.ndarray, tanh_c: np.ndarray,
+                   out: np.ndarray | None = None):
+    """Adjoint of eqs. (2)-(4): (dz (B, 4H), dc_prev (B, H)) from dh and dc as in lstm_step_backward,
+    the step's c_{t-1}, gates [i, f, g, o] (B, 4H) and tanh(c_t); dz is written into `out` when given."""
+    H = tanh_c.shape[1]
+    i, f, g, o = gates[:, 0:H], gates[:, H:2 * H], gates[:, 2 * H:3 * H], gates[:, 3 * H:]
     dz = np.empty((i.shape[0], 4 * H), dtype=np.result_type(dh, o)) if out is None else out   # (B, 4H)
-    gates = cache.gates
-    if gates is None:                                           # a cache built without the (B, 4H) block
-        gates = np.concatenate([i, f, g, o], axis=1)
     dc_total = 1.0 - tanh_c * tanh_c                            # c_t feeds h_t and c_{t+1}
     dc_total *= o
     dc_total *= dh
@@ -234,16 +240,111 @@ def lstm_backward(dhs: np.ndarray, cache: LSTMCache):
     dZ = np.empty((T, B, 4 * H), dtype=np.result_type(dhs, W_x))   # every step's dz
     W_hT = W_h.T
     for t in reversed(range(T)):
-        _, dc_carry = _cell_backward(dhs[t] + dh_carry, dc_carry, steps[t], out=dZ[t])
+        step = steps[t]
+        _, dc_carry = _cell_backward(dhs[t] + dh_carry, dc_carry, step.c_prev, _step_gates(step), step.tanh_c,
+                                     out=dZ[t])
         dh_carry = dZ[t] @ W_hT                                 # (B, H) to step t-1
     h_prevs = cache.h_all[:-1] if cache.h_all is not None else np.stack([s.h_prev for s in steps])   # (T, B, H)
-    # The weights are shared across steps: their gradients (and dxs) are one product over all steps.
-    dZ_flat = dZ.reshape(T * B, 4 * H)
-    grads = {"W_x": cache.xs.reshape(T * B, X).T @ dZ_flat,
-             "W_h": h_prevs.reshape(T * B, H).T @ dZ_flat,
-             "b": dZ_flat.sum(axis=0)}
-    dxs = (dZ_flat @ W_x.T).reshape(T, B, X)                    # (T, B, X)
+    grads = lstm_weight_gradients(cache.xs, h_prevs, dZ)        # the weights are shared across steps
+    dxs = (dZ.reshape(T * B, 4 * H) @ W_x.T).reshape(T, B, X)   # (T, B, X), one product too
     return dxs.astype(cache.xs.dtype, copy=False), dh_carry, dc_carry, grads
+
+
+def lstm_weight_gradients(xs: np.ndarray, h_prevs: np.ndarray, dZ: np.ndarray) -> dict:
+    """The parameter gradients of eq. (1) summed over a sequence: {"W_x": sum_t x_t^T dz_t,
+    "W_h": sum_t h_{t-1}^T dz_t, "b": sum_t dz_t}, each as ONE product over all (T, B) rows,
+    hoisted out of the time loop because the weights are shared by every step and no step's
+    recurrence needs them. xs (T, B, X), h_prevs (T, B, H), dZ (T, B, 4H) the steps' dz."""
+    T, B, G = dZ.shape
+    dZ_flat = dZ.reshape(T * B, G)
+    return {"W_x": xs.reshape(T * B, xs.shape[-1]).T @ dZ_flat,
+            "W_h": h_prevs.reshape(T * B, h_prevs.shape[-1]).T @ dZ_flat,
+            "b": dZ_flat.sum(axis=0)}
+
+
+# ----------------------------------------------------------------- a sequence whose input feeds back
+# A controller (SAM, NTM, MNM) reads chi_t = [x_t; u_t] where u_t is made by the step before (the read
+# words r_{t-1}), so it must run step by step, but two parts of its work do not depend on the recurrence
+# and leave the time loop: x_t's share of eq. (1) (forward, lstm_external_share) and the weight
+# gradients (backward, lstm_feedback_weight_gradients). Inside the loop, eq. (1) is ONE product
+# [u_t; h_{t-1}] @ [W_x[X:]; W_h] and the backward ONE product dz_t @ [W_x[X:]; W_h]^T.
+# X = 0 feeds all of chi_t per step (u_t = chi_t); b is then the whole hoisted share (z_ext = split.b_s).
+class LSTMFeedbackParams(NamedTuple):
+    """An LSTM's parameters split for input [x_t; u_t] (lstm_feedback_params, once per sequence).
+    The *_s arrays are sign-scaled (see _gate_signs) for the forward's _cell."""
+    W_ext_s: np.ndarray  # (X, 4H) rows of W_x acting on x_t, sign-scaled
+    b_s: np.ndarray      # (4H,) sign-scaled b
+    W_uh_s: np.ndarray   # (U + H, 4H) [W_x[X:]; W_h], sign-scaled
+    W_uh: np.ndarray     # (U + H, 4H) [W_x[X:]; W_h] as given (the backward's dz @ W_uh^T)
+    X: int               # external input width
+    U: int               # fed-back input width
+
+
+class LSTMFeedbackCache(NamedTuple):
+    uh: np.ndarray       # (B, U + H) [u_t; h_{t-1}]
+    c_prev: np.ndarray   # (B, H) c_{t-1}
+    gates: np.ndarray    # (B, 4H) [i, f, g, o]
+    c: np.ndarray        # (B, H) c_t
+    tanh_c: np.ndarray   # (B, H) tanh(c_t)
+
+
+def lstm_feedback_params(params: Mapping[str, np.ndarray], X: int) -> LSTMFeedbackParams:
+    """Split {"W_x", "W_h", "b"} for steps whose input is [x_t (X); u_t (rest of W_x's rows)]."""
+    X_all, H = _lstm_shapes(params)
+    if not 0 <= X <= X_all:
+        raise ValueError(f"X (the external input width) must be in [0, {X_all}] (W_x has {X_all} rows); got {X}")
+    W_x, W_h, b = params["W_x"], params["W_h"], params["b"]
+    W_uh = np.concatenate([W_x[X:], W_h], axis=0)               # (U + H, 4H)
+    sign = _gate_signs(H, np.result_type(W_x, W_h, b))
+    return LSTMFeedbackParams(W_x[:X] * sign, b * sign, W_uh * sign, W_uh, X, X_all - X)
+
+
+def lstm_external_share(xs: np.ndarray, split: LSTMFeedbackParams) -> np.ndarray:
+    """x_t W_x[:X] + b of eq. (1) for every step at once (T, B, 4H), sign-scaled for
+    lstm_feedback_step_forward: hoisted out of the time loop because x_t is known in advance."""
+    T, B, X = xs.shape
+    if X != split.X:
+        raise ValueError(f"xs must have shape (T, B, X) with X={split.X}; got {xs.shape}")
+    z = xs.reshape(T * B, X) @ split.W_ext_s
+    z += split.b_s                                              # in place: one (T B, 4H) buffer, not two
+    return z.reshape(T, B, -1)
+
+
+def lstm_feedback_step_forward(z_ext: np.ndarray, u: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray,
+                               split: LSTMFeedbackParams):
+    """One step, eqs. (1)-(4), given x_t's share z_ext (B, 4H) (lstm_external_share(xs)[t]): eq. (1)
+    adds [u_t; h_{t-1}] @ [W_x[X:]; W_h], one product. u (B, U), h_prev and c_prev (B, H); no checks
+    (the caller validated the sequence). Returns (h, c), each (B, H), and an LSTMFeedbackCache."""
+    B, H = c_prev.shape
+    uh = np.concatenate([u, h_prev], axis=1)                    # (B, U + H)
+    z = uh @ split.W_uh_s                                       # (B, 4H) sign-scaled, eq. (1) ...
+    z += z_ext                                                  # ... plus the hoisted share
+    c, tanh_c, h = (np.empty((B, H), dtype=z.dtype) for _ in range(3))
+    _cell(z, c_prev, c, tanh_c, h)                              # eqs. (2)-(4); z now holds the gates
+    return (h, c), LSTMFeedbackCache(uh, c_prev, z, c, tanh_c)
+
+
+def lstm_feedback_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMFeedbackCache,
+                                split: LSTMFeedbackParams):
+    """Adjoint of one lstm_feedback_step_forward, without the weight gradients (they are summed
+    after the loop by lstm_feedback_weight_gradients from the returned dz). dh, dc (B, H) as in
+    lstm_step_backward. Returns (du (B, U), dh_prev (B, H), dc_prev (B, H), dz (B, 4H))."""
+    dz, dc_prev = _cell_backward(dh, dc, cache.c_prev, cache.gates, cache.tanh_c)
+    duh = dz @ split.W_uh.T                                     # (B, U + H) eq. (1), one product
+    return duh[:, :split.U], duh[:, split.U:], dc_prev, dz
+
+
+def lstm_feedback_weight_gradients(xs: np.ndarray | None, caches, dZ: np.ndarray, split: LSTMFeedbackParams) -> dict:
+    """{"W_x", "W_h", "b"} gradients of a sequence of lstm_feedback steps: xs (T, B, X) the external
+    inputs (None when X = 0), caches the T LSTMFeedbackCache, dZ (T, B, 4H) their dz; hoisted out of
+    the time loop (one product for the x_t rows, one for the [u_t; h_{t-1}] rows, one sum)."""
+    T, B, G = dZ.shape
+    dZ_flat = dZ.reshape(T * B, G)
+    uh = np.stack([cache.uh for cache in caches]).reshape(T * B, -1)          # (T B, U + H)
+    d_uh = uh.T @ dZ_flat                                                     # (U + H, 4H)
+    U = split.U
+    dW_x = d_uh[:U] if split.X == 0 else np.concatenate([xs.reshape(T * B, split.X).T @ dZ_flat, d_uh[:U]])
+    return {"W_x": dW_x, "W_h": d_uh[U:], "b": dZ_flat.sum(axis=0)}
 
 
 # ----------------------------------------------------------------- autodiff twin
