@@ -250,6 +250,30 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
+def family_main(benchmarks: Callable[[bool], dict], title: str, prog: str, doc: str | None,
+                argv: list[str] | None = None) -> int:
+    """The command line of a family module run alone (`python -m minimem.bench_hma` ...): its
+    benchmarks(quick) as one table under a header naming the machine. Options: --quick (tiny sizes,
+    one round: checks the code runs), --rounds N (interleaved rounds, default 5), --only NAME."""
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or title).strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (checks the code runs)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
+    parser.add_argument("--only", choices=sorted(benchmarks(True)), action="append",
+                        help="run only these (repeatable)")
+    args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1; got {args.rounds}")
+    rounds = 1 if args.quick else args.rounds
+    found = benchmarks(args.quick)
+    rows = []
+    for name in args.only or list(found):
+        rows += found[name](rounds)
+    print(f"# minimem {title} ({rounds} interleaved rounds, medians)")
+    print(machine_description())
+    print(format_table(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minimem bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few rounds: checks the script runs, numbers are rough")

@@ -87,12 +87,6 @@ def benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
 
 
 if __name__ == "__main__":
-    import argparse
+    from minimem.bench import family_main
 
-    from minimem.bench import format_table
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (checks the code runs)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
-    args = parser.parse_args()
-    print(format_table(bench_mnm_engines(1 if args.quick else args.rounds, quick=args.quick)))
+    raise SystemExit(family_main(benchmarks, "MNM benchmarks", "python -m minimem.bench_mnm", __doc__))

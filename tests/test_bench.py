@@ -1,5 +1,7 @@
 """The benchmark script must keep running (its numbers are not checked here: no timings in tests)."""
 
+import pytest
+
 from minimem import bench
 
 
@@ -76,3 +78,29 @@ def test_main_header_states_the_machine(capsys):
     out = capsys.readouterr().out
     assert "# machine:" in out and "BLAS threads: OPENBLAS_NUM_THREADS=" in out
     assert "| LSTM fwd+bwd T=50 B=16 H=128 | manual |" in out
+
+
+def test_family_main_runs_one_module_alone(capsys):
+    """family_main (the `python -m minimem.bench_<family>` command line): --only picks, --rounds
+    reaches the benchmark, --quick means one round, unknown names and rounds < 1 are errors."""
+    from minimem.bench import family_main
+    calls = []
+
+    def benchmarks(quick=False):
+        def make(name):
+            def run(rounds):
+                calls.append((name, quick, rounds))
+                return [{"benchmark": name, "baseline": "a", "baseline_s": 2e-3, "candidate": "b",
+                         "candidate_s": 1e-3}]
+            return run
+        return {"first": make("first"), "second": make("second")}
+
+    assert family_main(benchmarks, "toy benchmarks", "toy", "Toy.\n\nMore.", ["--only", "second", "--rounds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert calls == [("second", False, 3)] and "# minimem toy benchmarks (3 interleaved rounds" in out
+    assert "| second | a | 2.0 ms | b | 1.0 ms |" in out and "first" not in out.split("# machine")[-1]
+    family_main(benchmarks, "toy benchmarks", "toy", None, ["--quick"])
+    assert calls[1:] == [("first", True, 1), ("second", True, 1)]
+    for argv in (["--only", "third"], ["--rounds", "0"]):
+        with pytest.raises(SystemExit):
+            family_main(benchmarks, "toy benchmarks", "toy", None, argv)
