@@ -18,7 +18,10 @@ from minimem import autodiff as ad
 from minimem.memory import sdnc as sdnc_module
 from minimem.memory.sam_sparse import write_weights_csr
 from minimem.memory.sdnc import SDNC, SDNCConfig, _dense_blocks, param_shapes
-from minimem.memory.sdnc_link import empty_links, keep_row_largest, link_update, temporal_select, temporal_values
+from minimem.memory.sdnc_link import (
+    _merge_and_cut, empty_links, link_update, links_from_csr, links_to_csr, temporal_select, temporal_values,
+    write_support,
+)
 
 TOL = 1e-12
 CASES = {case.name: case for case in sdnc_cases.sdnc_cases()}
@@ -31,6 +34,19 @@ def _model(seed=0, **config):
     for key in ("interface.b", "output.b"):
         model.params[key] = 0.5 * rng.standard_normal(model.params[key].shape)
     return model, rng
+
+
+def _link_step(Nl, Pl, p, Ww, K_L, zero_diagonal=True):
+    """One link update on CSR matrices (the layout of SDNCState) through the fixed-width layout."""
+    N = Nl.shape[0] // p.shape[0]
+    Ww = sp.csr_matrix(Ww)
+    links = link_update(links_from_csr(Nl, Pl, p, K_L, zero_diagonal),
+                        write_support(Ww.indices.astype(np.int64), Ww.indptr.astype(np.int64), Ww.data, N), zero_diagonal)
+    return links_to_csr(links)
+
+
+def _select(Nl, Pl, p, index, weight, K_L):
+    return temporal_select(links_from_csr(Nl, Pl, p, K_L), index, weight, K_L)
 
 
 def _tparams(model):
@@ -109,7 +125,7 @@ def test_relation_to_the_dense_dnc_linkage_primitives():
     w = 0.8 * rng.dirichlet(np.ones(N), size=B)
     block = lambda L: sp.block_diag(list(L), format="csr")
     flat = lambda v: sp.csr_matrix((v.reshape(-1), (np.repeat(np.arange(B), N), np.arange(B * N))), shape=(B, B * N))
-    Nl, Pl, p = link_update(block(L_prev), block(np.swapaxes(L_prev, 1, 2)), flat(p_prev), flat(w), K_L=N)
+    Nl, Pl, p = _link_step(block(L_prev), block(np.swapaxes(L_prev, 1, 2)), flat(p_prev), flat(w), K_L=N)
     L_dnc, _ = link_forward(L_prev, w, p_prev)
     p_dnc, _ = precedence_forward(p_prev, w)
     np.testing.assert_allclose(_dense_blocks(p, B, N), p_dnc, rtol=0, atol=TOL)
@@ -119,7 +135,7 @@ def test_relation_to_the_dense_dnc_linkage_primitives():
     np.testing.assert_allclose(_dense_blocks(Pl, B, N), np.swapaxes(_dense_blocks(Nl, B, N), 1, 2), rtol=0, atol=TOL)
     w_read = 0.9 * rng.dirichlet(np.ones(N), size=(B, R))
     index = np.broadcast_to(np.arange(N), (B, R, N)).copy()
-    rec = temporal_select(Nl, Pl, index, w_read, N)
+    rec = _select(Nl, Pl, p, index, w_read, N)
     (f_dnc, b_dnc), _ = directional_forward(_dense_blocks(Nl, B, N), w_read)
     for kept, links, expected in ((rec.fwd_index, rec.fwd_links, f_dnc), (rec.bwd_index, rec.bwd_links, b_dnc)):
         np.testing.assert_array_equal(kept, index)                   # K_L = N keeps every slot, in order
@@ -155,10 +171,20 @@ def test_link_structure_at_every_step():
     assert state.Nl.nnz > B * K_L and state.Pl.nnz > B * K_L          # links did fill up
 
 
-def test_keep_row_largest_breaks_ties_to_the_lower_column():
-    A = sp.csr_matrix(np.array([[0.2, 0.5, 0.2, 0.2, 0.0], [0.1, 0.0, 0.3, 0.3, 0.3]]))
-    kept = keep_row_largest(A, 2).toarray()
-    np.testing.assert_array_equal(kept, [[0.2, 0.5, 0, 0, 0], [0, 0, 0.3, 0.3, 0]])
+def test_the_row_cut_breaks_ties_to_the_lower_column():
+    """Rows [0.2, 0.5, 0.2, 0.2, 0] and [0.1, 0, 0.3, 0.3, 0.3] given as 2 old places + 2 candidates
+    each (N = 5, K_L = 2): the 2 largest, ties to the lower column, in column order."""
+    N, empty = 5, 5
+    cols, vals = _merge_and_cut(None, np.array([[0, 2], [2, 3]]), np.array([[0.2, 0.2], [0.3, 0.3]]),
+                                np.array([[1, 3], [0, 4]]), np.array([[0.5, 0.2], [0.1, 0.3]]), 2, N, False)
+    np.testing.assert_array_equal(cols, [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(vals, [[0.2, 0.5], [0.3, 0.3]])
+    # a candidate in a column the row holds adds to it; the diagonal goes; an empty place is (N, 0)
+    # and keeps its place among the entries (which stay in column order)
+    cols, vals = _merge_and_cut(np.array([1]), np.array([[1, 3]]), np.array([[0.4, 0.25]]),
+                                np.array([[3, empty]]), np.array([[0.5, 0.0]]), 2, N, True)
+    np.testing.assert_array_equal(cols, [[empty, 3]])
+    np.testing.assert_array_equal(vals, [[0.0, 0.75]])
 
 
 def test_one_hot_writes_3_then_7_link_them_both_ways():
@@ -170,11 +196,11 @@ def test_one_hot_writes_3_then_7_link_them_both_ways():
     one, zero = np.ones((B, 1)), np.zeros((B, 1))
     for slot in (3, 7):
         Ww, _ = write_weights_csr(none_i, none_w, np.array([slot]), one, zero, N)
-        Nl, Pl, p = link_update(Nl, Pl, p, Ww, K_L)
+        Nl, Pl, p = _link_step(Nl, Pl, p, Ww, K_L)
     assert Nl[7, 3] == 1.0 and Pl[3, 7] == 1.0 and Nl.nnz == 1 and Pl.nnz == 1
     assert p.toarray()[0, 7] == 1.0 and p.nnz == 1                    # p_t = (1 - 1) p + w
     for read, direction, expected in ((3, "fwd", 7), (7, "bwd", 3)):
-        rec = temporal_select(Nl, Pl, np.array([[[read]]]), np.ones((B, R, 1)), K_L)
+        rec = _select(Nl, Pl, p, np.array([[[read]]]), np.ones((B, R, 1)), K_L)
         index, links = (rec.fwd_index, rec.fwd_links) if direction == "fwd" else (rec.bwd_index, rec.bwd_links)
         values = temporal_values(links, np.ones((B, R, 1)))
         assert values[0, 0, list(index[0, 0]).index(expected)] == 1.0 and values.sum() == 1.0
@@ -196,7 +222,7 @@ def test_diagonal_option():
         Nl, Pl, p = empty_links(B, N)
         w = sp.csr_matrix(np.array([[0.0, 0.5, 0.0, 0.0, 0.0]]))
         for _ in range(2):
-            Nl, Pl, p = link_update(Nl, Pl, p, w, K_L=N, zero_diagonal=zero)
+            Nl, Pl, p = _link_step(Nl, Pl, p, w, K_L=N, zero_diagonal=zero)
         assert Nl[1, 1] == expected and Pl[1, 1] == expected
 
 

@@ -39,7 +39,9 @@ Parameters (an ordered dict, the SAM layout with a wider interface):
 
 Engines (all share the parameters):
 - forward / backward (manual): ONE memory buffer modified in place, memory-revert BPTT as in SAM
-  (spec C.4); links as batch-stacked CSR (scipy.sparse).
+  (spec C.4). The links are batch-stacked CSR (scipy.sparse) in SDNCState, at the sequence boundaries;
+  inside the time loop both engines keep them in sdnc_link's fixed-width rows (sdnc_link.Links), with
+  no sparse matrix built per step. The usage stamp takes the write and read pairs as they are.
 - forward_autodiff: the same step with minimem.autodiff ops in gather/scatter form.
 - sdnc_dense_autodiff: the dense oracle of spec D.9 - (B, N, N) link arrays, (B, R, N) weightings,
   masked softmax, every M_t a new array - equal to the sparse engines at K = N, K_L = N (and at
@@ -67,11 +69,11 @@ from minimem.memory.sam_interface import interface_size as sam_interface_size, W
 from minimem.memory.sam_lra import lra_order
 from minimem.memory.sam_sparse import (
     INDEX_DTYPE, WriteRecord, check_K, lra_slots, sparse_write_backward, sparse_write_forward,
-    sparse_write_replay, sparse_write_revert, top_k_slots, usage_update, write_weights_csr,
+    sparse_write_replay, sparse_write_revert, stamp_accesses, top_k_slots, write_weights,
 )
 from minimem.memory.sdnc_link import (
-    TemporalRecord, _pairs_csr, check_K_L, empty_links, largest_dense, link_update, link_update_dense,
-    temporal_select, temporal_values, temporal_values_backward,
+    TemporalRecord, check_K_L, empty_links, largest_dense, link_update, link_update_dense, links_from_csr,
+    links_to_csr, temporal_select, temporal_values, temporal_values_backward, write_support,
 )
 from minimem.nn.linear import (
     LinearCache, as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
@@ -369,7 +371,14 @@ class ReadRecord(NamedTuple):
     q: np.ndarray              # (B, R, W)
     beta: np.ndarray           # (B, R, 1)
     pi: np.ndarray             # (B, R, 3)
-    Wr: sp.csr_matrix          # (B R, B N) the read weightings, duplicates summed
+    content: object            # addressing.ContentCache of the content read on S (O(B R K W))
+
+
+def _add_at_rows(target: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """np.add.at(target, rows, values) for target (n, W), rows (m,), values (m, W), done on the flat
+    buffer: the same additions in the same order, but NumPy's 1-d add.at is about twice as fast."""
+    W = target.shape[1]
+    np.add.at(target.reshape(-1), (rows[:, None] * W + np.arange(W)).reshape(-1), values.reshape(-1))
 
 
 def _rows(index: np.ndarray, N: int) -> np.ndarray:
@@ -384,12 +393,11 @@ def read_forward(M: np.ndarray, prev_index, prev_weight, temporal: TemporalRecor
     M2 = M.reshape(B * N, W)
     f = temporal_values(temporal.fwd_links, prev_weight)                            # 9. (B, R, K_L)
     b = temporal_values(temporal.bwd_links, prev_weight)
-    cw, _ = content_forward(M2[_rows(S, N)], q, beta)                               # 10. (B, R, K)
+    cw, content = content_forward(M2[_rows(S, N)], q, beta)                         # 10. (B, R, K)
     index = np.concatenate([temporal.bwd_index, S, temporal.fwd_index], axis=-1)    # 11. (B, R, Kp)
     weight = np.concatenate([pi[:, :, 0:1] * b, pi[:, :, 1:2] * cw, pi[:, :, 2:3] * f], axis=-1)
     r = np.einsum("brk,brkw->brw", weight, M2[_rows(index, N)])                     # (B, R, W)
-    Wr = _pairs_csr(index, weight, N)
-    return r, ReadRecord(index, weight, temporal, prev_weight, b, cw, f, q, beta, pi, Wr)
+    return r, ReadRecord(index, weight, temporal, prev_weight, b, cw, f, q, beta, pi, content)
 
 
 def read_backward(dr, dweight, M, dM, record: ReadRecord, K_L: int):
@@ -407,14 +415,13 @@ def read_backward(dr, dweight, M, dM, record: ReadRecord, K_L: int):
     rows = _rows(record.index, N)                                                   # (B, R, Kp)
     M_sel = M2[rows]                                                                # (B, R, Kp, W)
     dpair = np.einsum("brkw,brw->brk", M_sel, dr) + dweight                         # 11.
-    np.add.at(dM2, rows.reshape(-1), (record.weight[..., None] * dr[:, :, None, :]).reshape(-1, W))
+    _add_at_rows(dM2, rows.reshape(-1), (record.weight[..., None] * dr[:, :, None, :]).reshape(-1, W))
     d_b, d_c, d_f = dpair[..., :K_L], dpair[..., K_L:K_L + K], dpair[..., K_L + K:]
     pi = record.pi
     dpi = np.stack([np.sum(record.b * d_b, -1), np.sum(record.cw * d_c, -1), np.sum(record.f * d_f, -1)], -1)
     S_rows = rows[..., K_L:K_L + K]
-    _, content_cache = content_forward(M_sel[..., K_L:K_L + K, :], record.q, record.beta)   # 10.
-    dM_sel, dq, dbeta = content_backward(pi[:, :, 1:2] * d_c, content_cache)
-    np.add.at(dM2, S_rows.reshape(-1), dM_sel.reshape(-1, W))
+    dM_sel, dq, dbeta = content_backward(pi[:, :, 1:2] * d_c, record.content)                # 10.
+    _add_at_rows(dM2, S_rows.reshape(-1), dM_sel.reshape(-1, W))
     dprev = (temporal_values_backward(pi[:, :, 2:3] * d_f, record.temporal.fwd_links)
              + temporal_values_backward(pi[:, :, 0:1] * d_b, record.temporal.bwd_links))  # 9.
     return dq, dbeta, dpi, dprev
@@ -462,7 +469,7 @@ def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | Non
     M = np.array(state.M, order="C", copy=True)                      # THE memory buffer (B, N, W)
     last = np.array(state.last, copy=True)
     index, weight, r, h, c = state.read_index, state.read_weight, state.r, state.h, state.c
-    Nl, Pl, p = state.Nl, state.Pl, state.p
+    links = links_from_csr(state.Nl, state.Pl, state.p, K_L, config.zero_diagonal)  # fixed-width rows in the loop
     order = lra_order(last, state.t) if frozen is None else None
     ys = np.empty((T, B, config.Y), dtype=config.dtype)
     steps = []
@@ -475,16 +482,18 @@ def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | Non
         s = iface.sam
         lra = order.head(last) if frozen is None else frozen.lra[t]                                 # 3.
         write = sparse_write_forward(M, index, weight, lra, s.a, s.alpha, s.gamma)                  # 4.-6.
-        Nl, Pl, p = link_update(Nl, Pl, p, write.Ww, K_L, config.zero_diagonal)                     # 7.-8.
+        links = link_update(links, write_support(write.rows, write.bounds, write.data, N),
+                            config.zero_diagonal)                                                   # 7.-8.
         if frozen is None:
-            temporal = temporal_select(Nl, Pl, index, weight, K_L)                                  # 9.
+            temporal = temporal_select(links, index, weight, K_L)                                   # 9.
             S = top_k_slots(cosine_similarity_forward(M, s.q)[0], K)                                # 10.
         else:
             temporal = TemporalRecord(frozen.fwd_index[t], frozen.fwd_links[t], frozen.bwd_index[t],
                                       frozen.bwd_links[t])
             S = frozen.read_index[t]
         r, read = read_forward(M, index, weight, temporal, S, s.q, s.beta, iface.pi)                # 9.-11.
-        accessed = usage_update(last, None, write.Ww, read.Wr, now, config.delta)                   # 11. usage
+        accessed = stamp_accesses(last, None, np.concatenate([write.rows, _rows(read.index, N).reshape(-1)]),
+                                  np.concatenate([write.data, read.weight.reshape(-1)]), now, config.delta)  # 11. usage
         if order is not None:
             order.touch(accessed, now)
         ys[t], c_output = output_forward(h, r, params)
@@ -492,7 +501,7 @@ def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | Non
         index, weight = read.index, read.weight
         for name, value in (("read_index", S), ("lra", lra)) + tuple(zip(TemporalRecord._fields, temporal)):
             rec[name][t] = value
-    final = SDNCState(M.copy(), last, index, weight, r, h, c, Nl, Pl, p, state.t + T)
+    final = SDNCState(M.copy(), last, index, weight, r, h, c, *links_to_csr(links), state.t + T)
     return ys, SDNCCache(config, xs, state, steps, final, SDNCRecord(**rec), M, T)
 
 
@@ -558,7 +567,7 @@ def sdnc_autodiff(tparams: Mapping[str, ad.Tensor], xs, config: SDNCConfig, stat
     last = state.last.copy()
     index, weight = state.read_index, ad.Tensor(state.read_weight)
     r, h, c = ad.Tensor(state.r), ad.Tensor(state.h), ad.Tensor(state.c)
-    Nl, Pl, p = state.Nl, state.Pl, state.p
+    links = links_from_csr(state.Nl, state.Pl, state.p, K_L, config.zero_diagonal)
     controller = strip_prefix("controller", tparams)
     ys = []
     for t in range(T):
@@ -575,10 +584,10 @@ def sdnc_autodiff(tparams: Mapping[str, ad.Tensor], xs, config: SDNCConfig, stat
         keep = np.ones((B * N, 1), dtype=config.dtype)
         keep[offsets + lra] = 0.0
         M2 = ad.scatter_add(M2 * keep, columns, ad.reshape(values, (-1, 1)) * s.a[batch])            # 6.
-        Ww, _ = write_weights_csr(index, weight.data, lra, s.alpha.data, s.gamma.data, N)
-        Nl, Pl, p = link_update(Nl, Pl, p, Ww, K_L, config.zero_diagonal)                             # 7.-8.
+        w_rows, w_bounds, w_data, _ = write_weights(index, weight.data, lra, s.alpha.data, s.gamma.data, N)
+        links = link_update(links, write_support(w_rows, w_bounds, w_data, N), config.zero_diagonal)  # 7.-8.
         if frozen is None:
-            temporal = temporal_select(Nl, Pl, index, weight.data, K_L)                               # 9.
+            temporal = temporal_select(links, index, weight.data, K_L)                                # 9.
             S = top_k_slots(cosine_similarity_forward(M2.data.reshape(B, N, W), s.q.data)[0], K)     # 10.
         else:
             temporal = TemporalRecord(frozen.fwd_index[t], frozen.fwd_links[t], frozen.bwd_index[t],
