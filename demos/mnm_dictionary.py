@@ -42,21 +42,12 @@ import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, NamedTuple
 
 import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
-from minimem import autodiff as ad
 from minimem.demo_options import config_from_args, config_parser
-from minimem.memory.mnm_interface import mnm_targets_autodiff, mnm_targets_backward, mnm_targets_forward
-from minimem.memory.mnm_memory import (
-    mnm_mem_autodiff, mnm_mem_backward, mnm_mem_forward, mnm_recon_autodiff, mnm_recon_backward,
-    mnm_recon_forward, mnm_write_grad_autodiff, mnm_write_grad_backward, mnm_write_grad_forward,
-    mnm_write_local_autodiff, mnm_write_local_backward, mnm_write_local_forward,
-)
-from minimem.memory.mnm_oneshot import OneShotConfig, oneshot_init, oneshot_param_shapes
-from minimem.nn.linear import check_params
+from minimem.memory.mnm_oneshot import MNMOneShot, OneShotConfig
 from minimem.optim import Adam
 from minimem.train import TrainConfig, train
 
@@ -103,103 +94,10 @@ def nearest_key_lookup(keys: np.ndarray, values: np.ndarray, P: int) -> np.ndarr
 
 
 # ----------------------------------------------------------------------------- model
-class DictCache(NamedTuple):
-    config: OneShotConfig
-    shapes: dict
-    sigma: float
-    writes: list         # P write caches
-    targets: list        # P target-map caches (MNM-p) or Nones
-    metas: list          # P ReconCache
-    read: object         # MemCache of the Q query keys through phi_P
-
-
-def _sigmoid(z: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-z))) if z >= 0 else float(np.exp(z) / (1.0 + np.exp(z)))
-
-
-class MNMDictionary:
-    """The M1 one-shot writer (minimem.memory.mnm_oneshot, same parameters and init) with a different
-    read: inputs (keys (P + Q, B, d), values (P, B, d)) -> (reads of the Q unseen keys (Q, B, d),
-    meta (P, B)). Writes use the first P keys; the last Q keys are only read, through phi_P (eq. (B4))."""
-
-    def __init__(self, config: OneShotConfig, rng: np.random.Generator):
-        self.config = config
-        self.params = oneshot_init(rng, config)
-
-    def forward(self, inputs):
-        keys, values = inputs
-        config, params = self.config, self.params
-        check_params(params, oneshot_param_shapes(config))
-        P, B, _ = values.shape
-        if keys.ndim != 3 or keys.shape[0] <= P or keys.shape[1:] != values.shape[1:]:
-            raise ValueError(f"keys must be (P + Q, B, d) with Q >= 1 for values {values.shape}; got {keys.shape}")
-        phi = tuple(np.broadcast_to(params[f"mem0.W{l}"], (B,) + params[f"mem0.W{l}"].shape).copy()
-                    for l in range(1, config.L + 1))
-        sigma = _sigmoid(float(params["beta.b"][0]))
-        beta = np.full(B, config.beta_max * sigma)
-        meta = np.empty((P, B))
-        writes, targets_caches, metas = [], [], []
-        for t in range(P):
-            k, v = keys[t][:, None, :], values[t][:, None, :]              # (B, 1, d): Nh = 1
-            targets_cache = None
-            if config.writer == "grad":
-                phi, write = mnm_write_grad_forward(phi, k, v, beta)       # eq. (B5)
-            else:
-                targets, targets_cache = mnm_targets_forward(v, params.get("target.W"), params.get("target.b"),
-                                                             config.target_widths, config.output_target)
-                phi, write = mnm_write_local_forward(phi, k, targets, beta)   # eq. (B6)
-            meta[t], meta_cache = mnm_recon_forward(phi, k, v)             # eq. (B9)
-            writes.append(write)
-            targets_caches.append(targets_cache)
-            metas.append(meta_cache)
-        reads, read = mnm_mem_forward(phi, np.swapaxes(keys[P:], 0, 1))   # (B, Q, d): unseen keys only
-        cache = DictCache(config, {n: p.shape for n, p in params.items()}, sigma, writes, targets_caches,
-                          metas, read)
-        return (np.swapaxes(reads, 0, 1), meta), cache
-
-    def backward(self, doutputs, cache: DictCache) -> dict:
-        """As oneshot_backward, with the read gradient entering phi_P from the query reads."""
-        config = cache.config
-        dreads, dmeta = doutputs
-        grads = {name: np.zeros(shape) for name, shape in cache.shapes.items()}
-        dphi, _ = mnm_mem_backward([None] * (config.L - 1) + [np.swapaxes(dreads, 0, 1)], cache.read)
-        dbeta = np.zeros(dmeta.shape[1])
-        for t in reversed(range(len(cache.writes))):
-            dphi_meta, _, _ = mnm_recon_backward(dmeta[t], cache.metas[t])
-            dphi = tuple(a + b for a, b in zip(dphi, dphi_meta))
-            if config.writer == "grad":
-                dphi, _, _, dbeta_t = mnm_write_grad_backward(dphi, cache.writes[t])
-            else:
-                dphi, _, dtargets, dbeta_t = mnm_write_local_backward(dphi, cache.writes[t])
-                _, target_grads = mnm_targets_backward(dtargets, cache.targets[t], config.output_target)
-                for name, value in target_grads.items():
-                    grads[name] += value
-            dbeta += dbeta_t
-        for l, dW in enumerate(dphi, start=1):
-            grads[f"mem0.W{l}"] += dW.sum(axis=0)                          # phi_0 is shared by the batch
-        grads["beta.b"] += np.sum(dbeta) * config.beta_max * cache.sigma * (1.0 - cache.sigma)
-        return grads
-
-    def forward_autodiff(self, tparams: Mapping[str, ad.Tensor], inputs) -> tuple[ad.Tensor, ad.Tensor]:
-        """Autodiff twin of forward (the tests compare the gradients)."""
-        config = self.config
-        keys, values = inputs
-        P, B, _ = values.shape
-        phi = tuple(ad.broadcast_to(tparams[f"mem0.W{l}"], (B,) + tparams[f"mem0.W{l}"].shape)
-                    for l in range(1, config.L + 1))
-        beta = ad.broadcast_to(config.beta_max * ad.sigmoid(tparams["beta.b"]), (B,))
-        metas = []
-        for t in range(P):
-            k, v = keys[t][:, None, :], values[t][:, None, :]
-            if config.writer == "grad":
-                phi = mnm_write_grad_autodiff(phi, k, v, beta)
-            else:
-                targets = mnm_targets_autodiff(ad.Tensor(v), tparams.get("target.W"), tparams.get("target.b"),
-                                               config.target_widths, config.output_target)
-                phi = mnm_write_local_autodiff(phi, k, targets, beta)
-            metas.append(mnm_recon_autodiff(phi, k, v))
-        reads = mnm_mem_autodiff(phi, np.swapaxes(keys[P:], 0, 1))
-        return ad.swapaxes(reads, 0, 1), ad.stack(metas, axis=0)
+def episode_inputs(keys: np.ndarray, values: np.ndarray, P: int) -> tuple:
+    """The one-shot writer's inputs for a dictionary episode (keys (P + Q, B, d), values (P + Q, B, d)):
+    write the first P pairs, then read the Q unseen keys (minimem.memory.mnm_oneshot's queries)."""
+    return keys[:P], values[:P], keys[P:]
 
 
 # ----------------------------------------------------------------------------- demo
@@ -225,10 +123,10 @@ def eval_episodes(config: Config):
             for _ in range(max(1, config.eval_episodes // config.batch))]
 
 
-def unseen_mse(model: MNMDictionary, episodes, P: int) -> float:
+def unseen_mse(model: MNMOneShot, episodes, P: int) -> float:
     errors = []
     for keys, values in episodes:
-        (reads, _), _ = model.forward((keys, values[:P]))
+        (reads, _), _ = model.forward(episode_inputs(keys, values, P))
         errors.append(np.mean((reads - values[P:]) ** 2))
     return float(np.mean(errors))
 
@@ -242,20 +140,20 @@ def baselines(episodes, P: int) -> dict:
 
 def run(config: Config, writer: str, episodes) -> dict:
     """Meta-train one writer; returns its unseen-key MSE before and after, histories and the model."""
-    model = MNMDictionary(OneShotConfig(d=config.d, h=config.h, L=config.L, writer=writer,
-                                        beta_max=config.beta_max), rng=np.random.default_rng([config.seed, 0]))
+    model = MNMOneShot(OneShotConfig(d=config.d, h=config.h, L=config.L, writer=writer,
+                                     beta_max=config.beta_max), rng=np.random.default_rng([config.seed, 0]))
     before = unseen_mse(model, episodes, config.P)
 
     def batch_fn(rng, step):
         keys, values = make_dictionary(rng, config.P, config.Q, config.batch, config.d)
-        return (keys, values[:config.P]), values[config.P:]
+        return episode_inputs(keys, values, config.P), values[config.P:]
 
     result = train(model, Adam(model.params, lr=config.lr), batch_fn, loss_fn,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
                    eval_fn=lambda m: {"mse": unseen_mse(m, episodes, config.P)},
                    log=lambda line: print(f"  {writer}: {line}", flush=True))
-    beta = config.beta_max * _sigmoid(float(model.params["beta.b"][0]))
+    beta = config.beta_max / (1.0 + np.exp(-float(model.params["beta.b"][0])))   # beta_max sigma(b)
     tail = max(1, len(result.losses) // 10)
     return {"writer": writer, "before": before, "after": result.evals[-1]["mse"], "beta": beta,
             "first_loss": float(np.mean(result.losses[:tail])), "final_loss": float(np.mean(result.losses[-tail:])),
@@ -303,7 +201,7 @@ def plot(out: Path, runs: list[dict], base: dict, episodes, config: Config) -> l
     truth = values[config.P:]
     panels = [("nearest stored key (slot memory)", nearest_key_lookup(keys, values, config.P), "0.35")]
     for i, r in enumerate(runs):
-        (reads, _), _ = r["model"].forward((keys, values[:config.P]))
+        (reads, _), _ = r["model"].forward(episode_inputs(keys, values, config.P))
         panels.append((NAMES[r["writer"]], reads, f"C{i}"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.8), sharey=True)
     for ax, (name, pred, color) in zip(np.atleast_1d(axes), panels):

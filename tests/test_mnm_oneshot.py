@@ -16,7 +16,7 @@ from minimem.memory.mnm_oneshot import (
 )
 
 
-@pytest.mark.parametrize("name", ["mnm.oneshot.local", "mnm.oneshot.grad"])
+@pytest.mark.parametrize("name", ["mnm.oneshot.local", "mnm.oneshot.grad", "mnm.oneshot.queries"])
 def test_case_passes_the_full_gradcheck_with_both_engines(name):
     case = {c.name: c for c in oneshot_cases()}[name]
     result = check_model(case, "full")
@@ -67,6 +67,18 @@ def test_one_linear_layer_writes_the_same_with_both_rules_when_the_target_is_the
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
 
 
+def test_reading_the_written_keys_as_queries_is_the_default():
+    model = MNMOneShot(OneShotConfig(d=4, h=5, writer="local"), rng=np.random.default_rng(1))
+    keys, values = make_episodes(np.random.default_rng(2), 4, 3, 4)
+    (reads, meta), cache = model.forward((keys, values))
+    (reads_q, meta_q), cache_q = model.forward((keys, values, keys))
+    np.testing.assert_array_equal(reads_q, reads)
+    np.testing.assert_array_equal(meta_q, meta)
+    douts = (np.ones_like(reads), np.ones_like(meta))
+    for name, value in model.backward(douts, cache).items():
+        np.testing.assert_array_equal(model.backward(douts, cache_q)[name], value)
+
+
 def test_param_shapes_and_bad_input():
     assert oneshot_param_shapes(OneShotConfig(d=4, h=6, L=2)) == {
         "mem0.W1": (6, 4), "mem0.W2": (4, 6), "target.W": (4, 10), "target.b": (10,), "beta.b": (1,)}
@@ -85,6 +97,12 @@ def test_param_shapes_and_bad_input():
     (reads, meta), cache = model.forward((keys, values))
     with pytest.raises(ValueError, match="doutputs must have shapes"):
         model.backward((reads, meta[:1]), cache)
+    with pytest.raises(ValueError, match=r"queries must have shape \(Q, B, d\)"):
+        model.forward((keys, values, keys[:, :1]))
+    (reads, meta), cache = model.forward((keys, values, keys[:2]))
+    assert reads.shape == (2, 2, 4) and meta.shape == (3, 2)
+    with pytest.raises(ValueError, match=r"doutputs must have shapes \(Q, B, d\) = \(2, 2, 4\)"):
+        model.backward((np.zeros((3, 2, 4)), meta), cache)
     with pytest.raises(ValueError, match="writer"):
         OneShotConfig(writer="slow")
     with pytest.raises(ValueError, match="config must be a OneShotConfig"):

@@ -43,17 +43,19 @@ def mnm_cases():
     ]
 
 
-def oneshot_case(name: str, seed: int, P: int, B: int, notes: str, **config) -> Case:
+def oneshot_case(name: str, seed: int, P: int, B: int, notes: str, Q: int = 0, **config) -> Case:
     """The controller-free one-shot writer (mnm_oneshot, spec B6.2 M1) with d = 3, h = 4 (unless
-    given) on P seeded M1 episodes; the zero-initialised target bias and beta.b moved to 0.3 N(0, 1)."""
+    given) on P seeded M1 episodes; the zero-initialised target bias and beta.b moved to 0.3 N(0, 1).
+    Q > 0 reads Q further keys that were never written (the dictionary task M3) instead of the P keys."""
     rng = np.random.default_rng(seed)
     config = OneShotConfig(**{"d": 3, "h": 4, **config})
     model = MNMOneShot(config, rng=rng)
     for key, value in model.params.items():
         if not np.any(value):
             model.params[key] = 0.3 * rng.standard_normal(value.shape)
-    episodes = make_episodes(rng, P, B, config.d)                    # keys, values (P, B, d)
-    return Case(f"mnm.{name}", model, episodes, projection_loss(rng, model.forward(episodes)[0]), notes=notes)
+    keys, values = make_episodes(rng, P + Q, B, config.d)             # (P + Q, B, d) each
+    inputs = (keys, values) if Q == 0 else (keys[:P], values[:P], keys[P:])
+    return Case(f"mnm.{name}", model, inputs, projection_loss(rng, model.forward(inputs)[0]), notes=notes)
 
 
 @register("mnm")
@@ -63,4 +65,6 @@ def oneshot_cases():
                      notes="M1 writer without a controller: MNM-p writes 4 pairs, then reads them all"),
         oneshot_case("oneshot.grad", 5, P=4, B=2, L=3, writer="grad", beta_max=2.0,
                      notes="M1 writer, MNM-g: 4 chained second-order writes back to phi_0"),
+        oneshot_case("oneshot.queries", 6, P=3, B=2, Q=2, L=2, writer="grad", beta_max=2.0,
+                     notes="M3 dictionary read: MNM-g writes 3 pairs, then reads 2 keys never written"),
     ]

@@ -1,17 +1,20 @@
 """The MNM write rule without a controller (spec specs/titans_mnm.md B6.2, task M1): a meta-learned
 one-shot writer. An episode writes P key/value pairs into the memory network f_phi one pair per
-step with MNM-p (eq. (B6)) or MNM-g (eq. (B5)), then reads every key with the final weights. What
+step with MNM-p (eq. (B6)) or MNM-g (eq. (B5)), then reads every key with the final weights (or
+any other query keys given: the dictionary-inference task M3 reads keys never written). What
 is trained is only what the write rule itself owns: the initial weights phi_0, the MNM-p target map
 and the update rate beta. This isolates the write rule, so the two writers can be compared.
 
-Shapes: P pairs (the steps of an episode), B batch, d key/value width, h hidden width, L depth.
+Shapes: P pairs (the steps of an episode), Q query keys read at the end (Q = P, the written keys,
+unless queries are given), B batch, d key/value width, h hidden width, L depth.
 Equations (per episode; mnm_memory for the primitives):
     phi_0 = mem0 (one copy per batch element)
     beta = beta_max sigma(b)                                  one scalar for every step and episode
     for t = 1 .. P:  phi_t = write(phi_{t-1}; k_t, v_t, beta)                    (B5) or (B6)
                      L^meta_t = 1/d ||f_{phi_t}(k_t) - v_t||^2                    (B9), Nh = 1
-    reads:  r_i = f_{phi_P}(k_i), i = 1 .. P                                     (B4)
-Outputs: (reads (P, B, d), meta (P, B)); the M1 loss is mean((reads - V)^2) + mean(meta).
+    reads:  r_i = f_{phi_P}(q_i), i = 1 .. Q, q = the keys by default           (B4)
+Inputs: (keys, values), each (P, B, d), or (keys, values, queries) with queries (Q, B, d).
+Outputs: (reads (Q, B, d), meta (P, B)); the M1 loss is mean((reads - V)^2) + mean(meta).
 Parameters (model.params, in this order):
     mem0.W1 (h, d), ..., mem0.WL (d, h)     phi_0, (out, in) layout (z W^T), U(+-1/sqrt(n_{l-1}))
     target.W (d, S), target.b (S,)          MNM-p only (mnm_interface.mnm_targets_forward),
@@ -96,21 +99,29 @@ def oneshot_param_shapes(config: OneShotConfig) -> dict[str, tuple]:
     return shapes
 
 
-def _check(params: Mapping, inputs, config: OneShotConfig) -> tuple[np.ndarray, np.ndarray, np.dtype]:
+def _check(params: Mapping, inputs, config: OneShotConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.dtype]:
+    """(keys, values, queries (the keys if none are given), dtype), validated."""
     check_params(params, oneshot_param_shapes(config))
     dtype = np.result_type(*[np.asarray(p).dtype for p in params.values()])
     for name, value in params.items():
         check_finite(f"parameter {name}", np.asarray(value))
-    if not isinstance(inputs, (tuple, list)) or len(inputs) != 2:
-        raise ValueError("inputs must be (keys, values), each (P, B, d)")
-    keys, values = (as_float_array(n, a) for n, a in zip(("keys", "values"), inputs))
+    if not isinstance(inputs, (tuple, list)) or len(inputs) not in (2, 3):
+        raise ValueError("inputs must be (keys, values), each (P, B, d), or (keys, values, queries (Q, B, d))")
+    keys, values = (as_float_array(n, a) for n, a in zip(("keys", "values"), inputs[:2]))
     if keys.ndim != 3 or keys.shape[2] != config.d or keys.shape[0] == 0 or keys.shape[1] == 0:
         raise ValueError(f"keys must have shape (P, B, d) with P, B >= 1 and d={config.d}; got {keys.shape}")
     if values.shape != keys.shape:
         raise ValueError(f"values must have the keys' shape (P, B, d) = {keys.shape}; got {values.shape}")
     check_finite("keys", keys)
     check_finite("values", values)
-    return keys.astype(dtype, copy=False), values.astype(dtype, copy=False), dtype
+    queries = keys
+    if len(inputs) == 3:
+        queries = as_float_array("queries", inputs[2])
+        if queries.ndim != 3 or queries.shape[0] == 0 or queries.shape[1:] != keys.shape[1:]:
+            raise ValueError(f"queries must have shape (Q, B, d) with Q >= 1 and (B, d) = {keys.shape[1:]}; "
+                             f"got {queries.shape}")
+        check_finite("queries", queries)
+    return keys.astype(dtype, copy=False), values.astype(dtype, copy=False), queries.astype(dtype, copy=False), dtype
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -129,15 +140,15 @@ class OneShotCache(NamedTuple):
 
 
 def oneshot_forward(inputs, params: Mapping[str, np.ndarray], config: OneShotConfig):
-    """Write P pairs one per step, then read every key (module docstring).
+    """Write P pairs one per step, then read every query key (module docstring).
 
     Args:
-        inputs: (keys, values), each (P, B, d).
+        inputs: (keys, values), each (P, B, d), or (keys, values, queries (Q, B, d)).
         params: oneshot_param_shapes(config).
     Returns:
-        ((reads (P, B, d), meta (P, B)), cache).
+        ((reads (Q, B, d), meta (P, B)), cache); Q = P and the queries are the keys by default.
     """
-    keys, values, dtype = _check(params, inputs, config)
+    keys, values, queries, dtype = _check(params, inputs, config)
     P, B, _ = keys.shape
     phi = tuple(np.broadcast_to(params[f"mem0.W{l}"], (B,) + params[f"mem0.W{l}"].shape).copy()
                 for l in range(1, config.L + 1))                         # (B, n_l, n_{l-1})
@@ -158,21 +169,21 @@ def oneshot_forward(inputs, params: Mapping[str, np.ndarray], config: OneShotCon
         writes.append(write)
         targets_caches.append(targets_cache)
         metas.append(meta_cache)
-    reads, read = mnm_mem_forward(phi, np.swapaxes(keys, 0, 1))        # (B, P, d): every key at once
+    reads, read = mnm_mem_forward(phi, np.swapaxes(queries, 0, 1))     # (B, Q, d): every query at once
     shapes = {name: np.shape(p) for name, p in params.items()}
     cache = OneShotCache(config, shapes, sigma, writes, targets_caches, metas, read)
     return (np.swapaxes(reads, 0, 1), meta), cache
 
 
 def oneshot_backward(doutputs, cache: OneShotCache) -> dict[str, np.ndarray]:
-    """Adjoint of oneshot_forward: doutputs = (dreads (P, B, d), dmeta (P, B)). The gradient w.r.t.
+    """Adjoint of oneshot_forward: doutputs = (dreads (Q, B, d), dmeta (P, B)). The gradient w.r.t.
     phi_t is carried from write t + 1 back to write t; the inputs are data (no gradient)."""
     config = cache.config
     dreads, dmeta = (as_float_array(n, a) for n, a in zip(("dreads", "dmeta"), doutputs))
     P = len(cache.writes)
-    B = cache.read.Zs[0].shape[0]
-    if dreads.shape != (P, B, config.d) or dmeta.shape != (P, B):
-        raise ValueError(f"doutputs must have shapes (P, B, d) = {(P, B, config.d)} and (P, B) = {(P, B)}; "
+    B, Q = cache.read.Zs[0].shape[:2]                                   # Z_0 = the queries (B, Q, d)
+    if dreads.shape != (Q, B, config.d) or dmeta.shape != (P, B):
+        raise ValueError(f"doutputs must have shapes (Q, B, d) = {(Q, B, config.d)} and (P, B) = {(P, B)}; "
                          f"got {dreads.shape} and {dmeta.shape}")
     grads = {name: np.zeros(shape, dtype=dreads.dtype) for name, shape in cache.shapes.items()}
     dphi, _ = mnm_mem_backward([None] * (config.L - 1) + [np.swapaxes(dreads, 0, 1)], cache.read)
@@ -196,9 +207,9 @@ def oneshot_backward(doutputs, cache: OneShotCache) -> dict[str, np.ndarray]:
 
 def oneshot_autodiff(tparams: Mapping[str, ad.Tensor], inputs, config: OneShotConfig,
                      inner_grad: str = "tape") -> tuple[ad.Tensor, ad.Tensor]:
-    """Autodiff twin of oneshot_forward: (reads (P, B, d), meta (P, B)) as Tensors."""
+    """Autodiff twin of oneshot_forward: (reads (Q, B, d), meta (P, B)) as Tensors."""
     tparams = {name: ad.as_tensor(p) for name, p in tparams.items()}
-    keys, values, _ = _check({n: t.data for n, t in tparams.items()}, inputs, config)
+    keys, values, queries, _ = _check({n: t.data for n, t in tparams.items()}, inputs, config)
     P, B, _ = keys.shape
     phi = tuple(ad.broadcast_to(tparams[f"mem0.W{l}"], (B,) + tparams[f"mem0.W{l}"].shape)
                 for l in range(1, config.L + 1))
@@ -213,7 +224,7 @@ def oneshot_autodiff(tparams: Mapping[str, ad.Tensor], inputs, config: OneShotCo
                                            config.target_widths, config.output_target)
             phi = mnm_write_local_autodiff(phi, k, targets, beta)
         metas.append(mnm_recon_autodiff(phi, k, v))
-    reads = mnm_mem_autodiff(phi, np.swapaxes(keys, 0, 1))             # (B, P, d)
+    reads = mnm_mem_autodiff(phi, np.swapaxes(queries, 0, 1))          # (B, Q, d)
     return ad.swapaxes(reads, 0, 1), ad.stack(metas, axis=0)
 
 
@@ -232,8 +243,9 @@ def oneshot_init(rng: np.random.Generator, config: OneShotConfig) -> dict:
 
 
 class MNMOneShot:
-    """The one-shot writer as a model: inputs (keys, values), each (P, B, d) -> (reads (P, B, d),
-    meta (P, B)). Follows the model protocol (params, forward, backward, forward_autodiff)."""
+    """The one-shot writer as a model: inputs (keys, values), each (P, B, d), and optionally queries
+    (Q, B, d) -> (reads (Q, B, d), meta (P, B)); without queries the written keys are read (Q = P).
+    Follows the model protocol (params, forward, backward, forward_autodiff)."""
 
     def __init__(self, config: OneShotConfig, rng: np.random.Generator | None = None):
         if not isinstance(config, OneShotConfig):
