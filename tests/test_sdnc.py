@@ -286,6 +286,68 @@ def test_manual_equals_autodiff_on_a_larger_model():
     _assert_grads_close(grads, tparams)
 
 
+def test_controller_with_hoisted_work_equals_the_per_step_formulas():
+    """Steps 1-2 with x_t's share of the LSTM's eq. (1) formed before the time loop and the weight
+    gradients after it (issue 11) against the plain per-step formulas - lstm_step_forward on
+    [x_t; r_{t-1}], p_t = h_t W + b, the SAM interface and the read-mode softmax, and the adjoints
+    lstm_step_backward / linear_backward with per-step weight gradients summed - over T steps with
+    random r_{t-1} and upstream gradients: equal up to the order of additions."""
+    from minimem.memory.sam import controller_weight_gradients
+    from minimem.memory.sam_interface import SAMInterface, interface_forward, interface_size
+    from minimem.nn.linear import linear_backward, linear_forward, strip_prefix
+    from minimem.nn.lstm import (
+        lstm_external_share, lstm_feedback_params, lstm_step_backward, lstm_step_forward,
+    )
+
+    model, rng = _model(9, H=5)
+    config, params = model.config, model.params
+    T, B, R, W, H, P_sam = 4, 3, config.R, config.W, config.H, interface_size(config.R, config.W)
+    xs, rs = rng.standard_normal((T, B, config.X)), rng.standard_normal((T, B, R, W))   # r_{t-1}, given
+    lstm = lstm_feedback_params(strip_prefix("controller", params), config.X)
+    z_ext = lstm_external_share(xs, lstm)
+    h, c, h_ref, c_ref = (np.zeros((B, H)) for _ in range(4))
+    caches, hs, ref = [], [], []
+    for t in range(T):
+        h, c, iface, cache = sdnc_module.controller_step_forward(z_ext[t], rs[t], h, c, lstm, params, config)
+        caches.append(cache), hs.append(h)
+        chi = np.concatenate([xs[t], rs[t].reshape(B, R * W)], axis=1)
+        (h_ref, c_ref), c_lstm = lstm_step_forward(chi, h_ref, c_ref, strip_prefix("controller", params))
+        p, c_linear = linear_forward(h_ref, params["interface.W"], params["interface.b"])
+        z = p[:, P_sam:].reshape(B, R, 3)
+        pi = np.exp(z - z.max(axis=-1, keepdims=True))
+        pi /= pi.sum(axis=-1, keepdims=True)
+        ref.append((c_lstm, c_linear, pi))
+        np.testing.assert_allclose(h, h_ref, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(c, c_ref, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(iface.sam.q, interface_forward(p[:, :P_sam], R, W)[0].q, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(iface.pi, pi, rtol=1e-13, atol=1e-14)
+    dhs = rng.standard_normal((T, B, H))
+    dZ, dP = np.empty((T, B, 4 * H)), np.empty((T, B, config.P))
+    dh, dc, dh_ref, dc_ref = (np.zeros((B, H)) for _ in range(4))
+    total = {}
+    for t in reversed(range(T)):
+        dsam = SAMInterface(*(rng.standard_normal(np.shape(v)) for v in caches[t].sam_interface.parsed))
+        dpi = rng.standard_normal((B, R, 3))
+        dr, dh, dc, dZ[t], dP[t] = sdnc_module.controller_step_backward(dhs[t] + dh, dc, dsam, dpi, caches[t],
+                                                                        lstm, params)
+        c_lstm, c_linear, pi = ref[t]
+        dz_pi = pi * (dpi - np.sum(pi * dpi, axis=-1, keepdims=True))
+        dp = np.concatenate([sdnc_module.sam_interface_backward(dsam, caches[t].sam_interface),
+                             dz_pi.reshape(B, -1)], axis=1)
+        dh_p, dW_p, db_p = linear_backward(dp, c_linear)
+        dchi, dh_ref, dc_ref, g = lstm_step_backward(dhs[t] + dh_ref + dh_p, dc_ref, c_lstm)
+        np.testing.assert_allclose(dr, dchi[:, config.X:].reshape(B, R, W), rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(dh, dh_ref, rtol=1e-12, atol=1e-13)
+        np.testing.assert_allclose(dc, dc_ref, rtol=1e-12, atol=1e-13)
+        for name, value in {**{f"controller.{k}": v for k, v in g.items()}, "interface.W": dW_p,
+                            "interface.b": db_p}.items():
+            total[name] = total.get(name, 0.0) + value
+    grads = controller_weight_gradients(xs, np.stack(hs), caches, dZ, dP, lstm)
+    assert set(grads) == set(total)
+    for name, value in total.items():
+        np.testing.assert_allclose(grads[name], value, rtol=1e-12, atol=1e-13, err_msg=name)
+
+
 @pytest.mark.parametrize("bug", ["drop_link_carry", "swap_link_blocks"])
 def test_planted_bug_is_caught(monkeypatch, bug):
     """A manual backward that drops dwR_{t-1} += Nl^T df + Pl^T db, or applies the forward links to the

@@ -42,6 +42,10 @@ Engines (all share the parameters):
   (spec C.4). The links are batch-stacked CSR (scipy.sparse) in SDNCState, at the sequence boundaries;
   inside the time loop both engines keep them in sdnc_link's fixed-width rows (sdnc_link.Links), with
   no sparse matrix built per step. The usage stamp takes the write and read pairs as they are.
+  As in SAM, the time loop keeps only what feeds back: x_t's share of step 1's LSTM pre-activation
+  is one product over all T before it, y_t one product after it (sam.outputs_forward), and the
+  backward forms the weight gradients of steps 1-2 and of y_t after its loop, one product per weight
+  (sam.controller_weight_gradients, sam.output_backward).
 - forward_autodiff: the same step with minimem.autodiff ops in gather/scatter form.
 - sdnc_dense_autodiff: the dense oracle of spec D.9 - (B, N, N) link arrays, (B, R, N) weightings,
   masked softmax, every M_t a new array - equal to the sparse engines at K = N, K_L = N (and at
@@ -60,7 +64,7 @@ from minimem import autodiff as ad
 from minimem.memory.addressing import (
     content_autodiff, content_backward, content_forward, cosine_similarity_autodiff, cosine_similarity_forward,
 )
-from minimem.memory.sam import output_backward, output_forward
+from minimem.memory.sam import controller_weight_gradients, output_backward, outputs_forward
 from minimem.memory.sam_interface import SAMInterface
 from minimem.memory.sam_interface import interface_autodiff as sam_interface_autodiff
 from minimem.memory.sam_interface import interface_backward as sam_interface_backward
@@ -76,10 +80,12 @@ from minimem.memory.sdnc_link import (
     links_to_csr, temporal_select, temporal_values, temporal_values_backward, write_support,
 )
 from minimem.nn.linear import (
-    LinearCache, as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward,
-    linear_init, strip_prefix, with_prefix,
+    LinearCache, as_float_array, check_finite, check_params, linear_autodiff, linear_init, strip_prefix, with_prefix,
 )
-from minimem.nn.lstm import LSTMStepCache, lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward
+from minimem.nn.lstm import (
+    LSTMFeedbackCache, LSTMFeedbackParams, lstm_external_share, lstm_feedback_params, lstm_feedback_step_backward,
+    lstm_feedback_step_forward, lstm_init, lstm_step_autodiff,
+)
 
 __all__ = ["SDNC", "SDNCConfig", "SDNCState", "SDNCGrad", "SDNCRecord", "SDNCCache", "sdnc_forward",
            "sdnc_backward", "sdnc_autodiff", "sdnc_dense_autodiff", "sdnc_init", "initial_state", "param_shapes"]
@@ -319,36 +325,44 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / np.sum(e, axis=-1, keepdims=True)
 
 
+# The controller input is chi_t = [x_t; r_{t-1}] as in SAM, so the same split applies (minimem.memory.sam,
+# minimem.nn.lstm's lstm_feedback_*): x_t's share of the LSTM's eq. (1) is one product over all T before
+# the time loop, the weight gradients of steps 1-2 one product per weight after it
+# (sam.controller_weight_gradients), and step 11's output y_t one product after it (sam.outputs_forward).
 class ControllerCache(NamedTuple):
-    lstm: LSTMStepCache
-    interface_linear: LinearCache
-    sam_interface: object      # sam_interface.InterfaceCache
+    lstm: LSTMFeedbackCache    # step 1, the LSTM cell
+    sam_interface: object      # step 2, sam_interface.InterfaceCache
     pi: np.ndarray             # (B, R, 3)
 
 
-def controller_step_forward(x, r_prev, h_prev, c_prev, params: Mapping, config: SDNCConfig):
-    """Steps 1-2: (h, c, SDNCInterface, cache) from x (B, X), r_{t-1} (B, R, W), h, c (B, H)."""
-    B, R, W = x.shape[0], config.R, config.W
-    chi = np.concatenate([x, r_prev.reshape(B, R * W)], axis=1)                      # (B, X + RW)
-    (h, c), c_lstm = lstm_step_forward(chi, h_prev, c_prev, strip_prefix("controller", params))
-    p, c_linear = linear_forward(h, params["interface.W"], params["interface.b"])   # (B, P)
+def controller_step_forward(z_ext, r_prev, h_prev, c_prev, lstm: LSTMFeedbackParams, params: Mapping,
+                            config: SDNCConfig):
+    """Steps 1-2: (h, c, SDNCInterface, cache) from x_t's share z_ext (B, 4H) of the LSTM's eq. (1)
+    (lstm_external_share before the loop), r_{t-1} (B, R, W), h, c (B, H). params: the parameter
+    dict (interface.W, interface.b), checked at the sequence entry."""
+    B, R, W = r_prev.shape
+    (h, c), c_lstm = lstm_feedback_step_forward(z_ext, r_prev.reshape(B, R * W), h_prev, c_prev, lstm)   # 1.
+    p = h @ params["interface.W"]                                                    # (B, P)
+    p += params["interface.b"]
     P_sam = sam_interface_size(R, W)
-    sam_iface, c_iface = sam_interface_forward(p[:, :P_sam], R, W, config.write_squash)
+    sam_iface, c_iface = sam_interface_forward(p[:, :P_sam], R, W, config.write_squash, validate=False)  # 2.
     pi = _softmax(p[:, P_sam:].reshape(B, R, MODES))                                 # (B, R, 3)
-    return h, c, SDNCInterface(sam_iface, pi), ControllerCache(c_lstm, c_linear, c_iface, pi)
+    return h, c, SDNCInterface(sam_iface, pi), ControllerCache(c_lstm, c_iface, pi)
 
 
-def controller_step_backward(dh, dc, dsam: SAMInterface, dpi, cache: ControllerCache, config: SDNCConfig):
-    """Adjoint of steps 1-2: (dr_prev (B, R, W), dh_prev, dc_prev, grads of controller.* and interface.*)."""
+def controller_step_backward(dh, dc, dsam: SAMInterface, dpi, cache: ControllerCache, lstm: LSTMFeedbackParams,
+                             params: Mapping):
+    """Adjoint of steps 1-2 without the weight gradients. dh (B, H): the gradient w.r.t. h_t from
+    the output and from step t+1; dc likewise. Returns (dr_prev (B, R, W), dh_prev, dc_prev,
+    dz (B, 4H) the LSTM's pre-activation gradient, dp (B, P)), dz and dp for
+    sam.controller_weight_gradients after the loop."""
     B = dh.shape[0]
     pi = cache.pi
     dpi_hat = pi * (dpi - np.sum(pi * dpi, axis=-1, keepdims=True))                  # softmax VJP
     dp = np.concatenate([sam_interface_backward(dsam, cache.sam_interface), dpi_hat.reshape(B, -1)], axis=1)
-    dh_p, dW_p, db_p = linear_backward(dp, cache.interface_linear)
-    dchi, dh_prev, dc_prev, lstm_grads = lstm_step_backward(dh + dh_p, dc, cache.lstm)
-    dr_prev = dchi[:, config.X:].reshape(B, config.R, config.W)
-    return dr_prev, dh_prev, dc_prev, {**with_prefix("controller", lstm_grads), "interface.W": dW_p,
-                                       "interface.b": db_p}
+    dh = dh + dp @ params["interface.W"].T                                           # p_t = h_t W_p + b_p
+    dr_prev, dh_prev, dc_prev, dz = lstm_feedback_step_backward(dh, dc, cache.lstm, lstm)   # 1.
+    return dr_prev.reshape(B, pi.shape[1], -1), dh_prev, dc_prev, dz, dp
 
 
 def _interface_autodiff(h, tparams, config: SDNCConfig):
@@ -432,7 +446,6 @@ class SparseStep(NamedTuple):
     controller: ControllerCache
     write: WriteRecord
     read: ReadRecord
-    output: LinearCache
 
 
 @dataclass
@@ -447,6 +460,9 @@ class SDNCCache:
     record: SDNCRecord
     memory: np.ndarray
     applied: int = 0
+    lstm: LSTMFeedbackParams | None = None   # the controller's split parameters (lstm_feedback_params)
+    output: LinearCache | None = None       # y_t over all t: x = the (T, B, H + R W) rows [h_t; r_t]
+    params: Mapping | None = None           # the parameter dict of the forward (interface.W)
 
 
 def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | None = None,
@@ -471,14 +487,16 @@ def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | Non
     index, weight, r, h, c = state.read_index, state.read_weight, state.r, state.h, state.c
     links = links_from_csr(state.Nl, state.Pl, state.p, K_L, config.zero_diagonal)  # fixed-width rows in the loop
     order = lra_order(last, state.t) if frozen is None else None
-    ys = np.empty((T, B, config.Y), dtype=config.dtype)
+    lstm = lstm_feedback_params(strip_prefix("controller", params), config.X)   # split once per sequence
+    z_ext = lstm_external_share(xs, lstm)                            # 1. x_t's share for every t (T, B, 4H)
+    hr = np.empty((T, B, config.H + R * config.W), dtype=config.dtype)    # y_t's input rows [h_t; r_t]
     steps = []
     rec = {"read_index": np.empty((T, B, R, K), INDEX_DTYPE), "lra": np.empty((T, B), INDEX_DTYPE),
            "fwd_index": np.empty((T, B, R, K_L), INDEX_DTYPE), "fwd_links": np.empty((T, B, R, K_L, config.Kp)),
            "bwd_index": np.empty((T, B, R, K_L), INDEX_DTYPE), "bwd_links": np.empty((T, B, R, K_L, config.Kp))}
     for t in range(T):
         now = state.t + t + 1
-        h, c, iface, c_controller = controller_step_forward(xs[t], r, h, c, params, config)          # 1.-2.
+        h, c, iface, c_controller = controller_step_forward(z_ext[t], r, h, c, lstm, params, config)  # 1.-2.
         s = iface.sam
         lra = order.head(last) if frozen is None else frozen.lra[t]                                 # 3.
         write = sparse_write_forward(M, index, weight, lra, s.a, s.alpha, s.gamma)                  # 4.-6.
@@ -496,13 +514,15 @@ def sdnc_forward(params: Mapping, xs, config: SDNCConfig, state: SDNCState | Non
                                   np.concatenate([write.data, read.weight.reshape(-1)]), now, config.delta)  # 11. usage
         if order is not None:
             order.touch(accessed, now)
-        ys[t], c_output = output_forward(h, r, params)
-        steps.append(SparseStep(c_controller, write, read, c_output))
+        hr[t, :, :config.H], hr[t, :, config.H:] = h, r.reshape(B, -1)                            # y_t after the loop
+        steps.append(SparseStep(c_controller, write, read))
         index, weight = read.index, read.weight
         for name, value in (("read_index", S), ("lra", lra)) + tuple(zip(TemporalRecord._fields, temporal)):
             rec[name][t] = value
+    ys, c_output = outputs_forward(hr, params, config)                                              # 11. y_t
     final = SDNCState(M.copy(), last, index, weight, r, h, c, *links_to_csr(links), state.t + T)
-    return ys, SDNCCache(config, xs, state, steps, final, SDNCRecord(**rec), M, T)
+    return ys, SDNCCache(config, xs, state, steps, final, SDNCRecord(**rec), M, T, lstm=lstm, output=c_output,
+                         params=params)
 
 
 def sdnc_backward(dys, cache: SDNCCache, dstate: SDNCGrad | None = None):
@@ -532,18 +552,23 @@ def sdnc_backward(dys, cache: SDNCCache, dstate: SDNCGrad | None = None):
     cache.applied = len(steps)
     dM = np.array(dstate.M, order="C", copy=True)             # THE gradient buffer (B, N, W)
     dweight, dr_carry, dh, dc = dstate.read_weight, dstate.r, dstate.h, dstate.c
+    dh_out, dr, g_out = output_backward(dys, cache.output, config)       # 11. y_t, all t: (T, B, H), (T, B, R, W)
+    dZ = np.empty((T, B, 4 * config.H), dtype=dys.dtype)                  # every step's dz and dp, for the
+    dP = np.empty((T, B, config.P), dtype=dys.dtype)                      # weight gradients after the loop
     for t in reversed(range(len(steps))):
         step = steps[t]
-        dh_out, dr, g_out = output_backward(dys[t], step.output, config)
-        dq, dbeta, dpi, dprev_links = read_backward(dr + dr_carry, dweight, M, dM, step.read, config.K_L)  # 11.-9.
+        dq, dbeta, dpi, dprev_links = read_backward(dr[t] + dr_carry, dweight, M, dM, step.read, config.K_L)  # 11.-9.
         sparse_write_revert(M, step.write)                                                                # M_{t-1}
         cache.applied = t
         da, dalpha, dgamma, dprev_write = sparse_write_backward(dM, step.write)                            # 6.-4.
         dweight = dprev_links + dprev_write
-        dr_carry, dh, dc, g_controller = controller_step_backward(
-            dh_out + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), dpi, step.controller, config)  # 2.-1.
-        for name, value in {**g_out, **g_controller}.items():
-            grads[name] += value
+        dr_carry, dh, dc, dZ[t], dP[t] = controller_step_backward(
+            dh_out[t] + dh, dc, SAMInterface(dq, dbeta, da, dalpha, dgamma), dpi, step.controller, cache.lstm,
+            cache.params)                                                                                  # 2.-1.
+    g_controller = controller_weight_gradients(cache.xs, cache.output.x[..., :config.H],
+                                               [s.controller for s in steps], dZ, dP, cache.lstm)
+    for name, value in {**g_out, **g_controller}.items():
+        grads[name] += value                                              # the weights are shared by every step
     return grads, SDNCGrad(dM, dweight, dr_carry, dh, dc)
 
 
