@@ -51,10 +51,9 @@ import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.dnc import DNC, DNCConfig
-from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, make_deepmind_repeat_copy
-from minimem.train import TrainConfig, train
+from minimem.train import TrainConfig, bit_sequence_loss, train
 
 
 @dataclass(frozen=True)
@@ -104,13 +103,6 @@ def batch(rng: np.random.Generator, config: Config, size: int, **lengths):
     return make_deepmind_repeat_copy(rng, size, num_bits=config.num_bits, norm_max=config.norm_max, **options)
 
 
-def loss_fn(outputs, targets):
-    """Sigmoid cross-entropy in nats per sequence on the scored steps (deepmind/dnc's loss)."""
-    bits, mask = targets
-    loss, cache = sigmoid_cross_entropy_forward(outputs, bits, mask, reduction="batch")
-    return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
-
-
 def make_model(config: Config) -> DNC:
     dnc_config = DNCConfig(X=config.num_bits + 2, Y=config.num_bits + 1, N=config.N, W=config.W, R=config.R,
                            H=config.H, layers=config.layers, strengths=config.strengths,
@@ -128,7 +120,7 @@ def evaluate(model: DNC, config: Config, step: int) -> dict:
         data = batch(rng, config, config.eval_batch)
         logits, _ = model.forward(data.inputs)
         errors.append(bit_errors_per_sequence(logits, data.targets, data.mask))
-        losses.append(loss_fn(logits, (data.targets, data.mask))[0])
+        losses.append(bit_sequence_loss(logits, (data.targets, data.mask))[0])
     return {"bit_errors": float(np.mean(errors)), "loss": float(np.mean(losses))}
 
 
@@ -216,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     def metric_fn(outputs, targets):
         return bit_errors_per_sequence(outputs, *targets)
 
-    result = train(model, optimizer, batch_fn, loss_fn,
+    result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
                    eval_fn=lambda model: evaluate(model, config, progress["step"]), metric_fn=metric_fn,

@@ -53,10 +53,9 @@ import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.ntm import NTM, NTMConfig
-from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_priority_sort
-from minimem.train import TrainConfig, train
+from minimem.train import TrainConfig, bit_sequence_loss, train
 
 
 @dataclass(frozen=True)
@@ -99,13 +98,6 @@ def sort_batch(rng: np.random.Generator, cfg: Config, batch: int):
     return b.inputs, (b.targets, b.mask)
 
 
-def loss_fn(outputs, targets):
-    """Cross-entropy in nats per sequence on the answer steps (spec section 0) and its gradient."""
-    target, mask = targets
-    loss, cache = sigmoid_cross_entropy_forward(outputs, target, mask, reduction="batch")
-    return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
-
-
 def evaluate(model: NTM, held_out: list, cfg: Config) -> dict[str, float]:
     """Mean loss (nats), cost in bits and bit errors per sequence over the held-out batches, and
     the bit errors of each output position (`position<k>`: the k-th highest priority, per sequence)."""
@@ -113,7 +105,7 @@ def evaluate(model: NTM, held_out: list, cfg: Config) -> dict[str, float]:
     positions = []
     for inputs, (target, mask) in held_out:
         ys, _ = model.forward(inputs)
-        values["loss"].append(loss_fn(ys, (target, mask))[0])
+        values["loss"].append(bit_sequence_loss(ys, (target, mask))[0])
         values["bits"].append(bits_per_sequence(ys, target, mask))
         values["bit_errors"].append(bit_errors_per_sequence(ys, target, mask))
         wrong = np.sum((ys > 0) != (target == 1), axis=2)[-cfg.top:]             # (sorted, B) answer steps
@@ -228,7 +220,7 @@ def main(argv=None) -> dict:
         return values
 
     optimizer = Adam(model.params, lr=cfg.lr)
-    result = train(model, optimizer, lambda rng, step: sort_batch(rng, cfg, cfg.batch), loss_fn,
+    result = train(model, optimizer, lambda rng, step: sort_batch(rng, cfg, cfg.batch), bit_sequence_loss,
                    TrainConfig(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                                clip=cfg.clip, seed=cfg.seed),
                    eval_fn=eval_fn, metric_name="bit_errors",

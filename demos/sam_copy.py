@@ -36,10 +36,9 @@ import numpy as np
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.memory.sam_sparse import read_weights_dense
-from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, make_copy
-from minimem.train import TrainConfig, train
+from minimem.train import TrainConfig, bit_sequence_loss, train
 
 
 @dataclass(frozen=True)
@@ -80,13 +79,6 @@ def batch(rng: np.random.Generator, config: Config, size: int):
     """One copy batch, time-first: inputs (T, B, num_bits + 1), targets (T, B, num_bits), mask (T, B)."""
     return make_copy(rng, size, num_bits=config.num_bits, min_len=config.min_len, max_len=config.max_len,
                      same_length=True)
-
-
-def loss_fn(outputs, targets):
-    """Sigmoid cross-entropy in nats per sequence on the answer steps (spec section 0)."""
-    bits, mask = targets
-    loss, cache = sigmoid_cross_entropy_forward(outputs, bits, mask, reduction="batch")
-    return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
 
 
 def evaluate(model: SAM, config: Config, step: int) -> float:
@@ -197,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
             progress["solved"] = progress["step"]
         return {"bit_errors": errors}
 
-    result = train(model, optimizer, batch_fn, loss_fn,
+    result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
                    eval_fn=eval_fn, metric_fn=metric_fn, lr_schedule=lr_schedule,

@@ -94,10 +94,9 @@ import numpy as np
 from minimem.bench_sam import records_bytes
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.sam import SAM, SAMConfig
-from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam, clip_grad_norm
 from minimem.tasks import bit_errors_per_sequence, make_copy
-from minimem.train import step_rng
+from minimem.train import bit_sequence_loss, step_rng
 
 
 @dataclass(frozen=True)
@@ -143,12 +142,6 @@ def sam_config(config: Config, **changes) -> SAMConfig:
         options.update(lsh_tables=8, lsh_bits=int(min(30, max(1, config.log_n - 4))))
     options.update(changes)
     return SAMConfig(**options)
-
-
-def loss_fn(outputs, bits, mask):
-    """Sigmoid cross-entropy in nats per sequence on the answer steps (spec section 0) and its gradient."""
-    loss, cache = sigmoid_cross_entropy_forward(outputs, bits, mask, reduction="batch")
-    return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
 
 
 class Runner:
@@ -284,7 +277,7 @@ def run(config: Config, log=print) -> dict:
         tick = time.perf_counter()
         data = copy_batch(config, step_rng(config.seed, step), level)
         ys, cache = runner.forward(data.inputs)
-        loss, dys = loss_fn(ys, data.targets, data.mask)
+        loss, dys = bit_sequence_loss(ys, (data.targets, data.mask))
         grads = runner.model.backward(dys, cache)                  # reverts the buffer to the empty memory
         grads, _ = clip_grad_norm(grads, config.clip)
         optimizer.step(grads)

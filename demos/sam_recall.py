@@ -57,10 +57,9 @@ import numpy as np
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.memory.sam_sparse import read_weights_dense
-from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_associative_recall
-from minimem.train import TrainConfig, train
+from minimem.train import TrainConfig, bit_sequence_loss, train
 
 
 @dataclass(frozen=True)
@@ -103,13 +102,6 @@ def batch(rng: np.random.Generator, config: Config, size: int, same_length: bool
     low, high = (config.min_items, config.max_items) if items is None else (items, items)
     return make_associative_recall(rng, size, num_bits=config.num_bits, item_len=config.item_len,
                                    min_items=low, max_items=high, same_length=same_length, distinct_items=True)
-
-
-def loss_fn(outputs, targets):
-    """Sigmoid cross-entropy in nats per sequence on the answer steps (spec section 0)."""
-    bits, mask = targets
-    loss, cache = sigmoid_cross_entropy_forward(outputs, bits, mask, reduction="batch")
-    return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
 
 
 def evaluate(model: SAM, held_out: list) -> dict[str, float]:
@@ -236,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"sam_recall: first solve at step {progress['step']}: learning rate halved", flush=True)
         return values
 
-    result = train(model, optimizer, batch_fn, loss_fn,
+    result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
                    eval_fn=eval_fn, metric_fn=metric_fn, lr_schedule=lr_schedule,

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 
 from minimem.checkpoint import load_checkpoint, save_checkpoint
+from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import check_grads, clip_grad_norm, global_norm
 
 __all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "step_rng"]
@@ -123,6 +124,15 @@ class TrainResult:
     seconds: float = 0.0                                     # wall time of this call
     interrupted: bool = False
     checkpoint_path: str | None = None                       # last checkpoint written or kept
+
+
+def bit_sequence_loss(outputs: np.ndarray, targets: tuple) -> tuple[float, np.ndarray]:
+    """A ready-made loss_fn for the bit-sequence tasks (copy, recall, sort, repeat copy):
+    targets = (bits (T, B, Y), mask (T, B)); the sigmoid cross-entropy of the logits outputs
+    (T, B, Y) in nats per sequence on the answer steps (mask 1), and its gradient (T, B, Y)."""
+    bits, mask = targets
+    loss, cache = sigmoid_cross_entropy_forward(outputs, bits, mask, reduction="batch")
+    return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

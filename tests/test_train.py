@@ -318,3 +318,19 @@ def test_checkpoint_path_may_be_a_path_object(tmp_path):
     train(model, SGD(model.params), batch_fn, mse, cfg, log=None)
     saved_config = load_checkpoint(tmp_path / "run.npz")[1]
     assert saved_config["train"]["checkpoint_path"] == cfg.checkpoint_path
+
+
+def test_bit_sequence_loss_is_the_masked_cross_entropy_per_sequence_with_its_gradient():
+    from gradcheck.core import assert_grads_close, numeric_vjp
+    from minimem.train import bit_sequence_loss
+    rng = np.random.default_rng(0)
+    logits, bits = rng.standard_normal((5, 3, 4)), (rng.random((5, 3, 4)) < 0.5).astype(float)
+    mask = np.zeros((5, 3))
+    mask[3:] = 1.0                                                  # only the answer steps count
+    loss, dlogits = bit_sequence_loss(logits, (bits, mask))
+    p = 1.0 / (1.0 + np.exp(-logits))
+    expected = -np.sum(mask[..., None] * (bits * np.log(p) + (1 - bits) * np.log(1 - p))) / 3    # nats per sequence
+    assert isinstance(loss, float) and abs(loss - expected) < 1e-12
+    assert not dlogits[:3].any()
+    assert_grads_close((dlogits,), numeric_vjp(lambda z: np.array(bit_sequence_loss(z, (bits, mask))[0]),
+                                               (logits,), np.array(1.0)), names=("logits",))
