@@ -18,10 +18,12 @@ from minimem.memory.titans_lmm import lmm_chunk_backward, lmm_chunk_forward, lmm
 
 def test_benchmarks_return_bench_rows_at_the_quick_size():
     found = benchmarks(quick=True)
-    assert set(found) == {"titans_chunked", "titans_engines", "titans_torch", "titans_torch_recurrence"}
+    assert set(found) == {"titans_chunked", "titans_recurrence", "titans_engines", "titans_torch",
+                          "titans_torch_recurrence"}
     rows = {name: fn(1) for name, fn in found.items()}
     quick = SIZES["quick"]
     assert len(rows["titans_chunked"]) == len(quick["lengths"]) * len(quick["chunks"])
+    assert len(rows["titans_recurrence"]) == len(quick["lengths"]) * len(quick["chunks"])
     assert len(rows["titans_engines"]) == len(quick["engines"]["chunks"]) + 1
     has_torch = bench_titans.torch_available()
     assert len(rows["titans_torch_recurrence"]) == (len(quick["torch"]["lengths"]) if has_torch else 0)
@@ -33,6 +35,8 @@ def test_benchmarks_return_bench_rows_at_the_quick_size():
         assert math.isfinite(row["baseline_s"]) and row["baseline_s"] > 0
         assert math.isfinite(row["candidate_s"]) and row["candidate_s"] > 0
     assert [r["candidate"] for r in rows["titans_chunked"]] == [f"chunked b={b}" for b in quick["chunks"]]
+    assert [r["candidate"] for r in rows["titans_recurrence"]] == [f"chunked b={b}" for b in quick["chunks"]]
+    assert {r["baseline"] for r in rows["titans_recurrence"]} == {"per-token loop b=1"}
     assert {r["baseline"] for r in rows["titans_engines"]} == {"manual"}
     if has_torch:
         assert {r["candidate"] for r in rows["titans_torch"]} == {"pytorch eager"}
@@ -46,6 +50,32 @@ def test_full_size_is_the_issue_configuration():
     assert full["lengths"] == (1024, 4096) and full["D"] == 64 and full["B"] == 2 and full["chunks"] == (16, 64)
     assert full["torch_layer"]["configs"] == ((32, 16, 2, (1, 8)), (1024, 64, 2, (16, 64)))
     assert set(benchmarks()) == set(benchmarks(quick=True))
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5])
+def test_timed_recurrence_computes_what_the_layer_computes(chunk):
+    """The recurrence rows time lmm_scan_forward + lmm_scan_backward on the layer's own inputs: its
+    reads are the layer's read-out and its gradients give the layer's feature and mem0 gradients
+    (the same functions run: equal to the last bit). T = 13 ends with a short chunk."""
+    errors = bench_titans.check_layer_recurrence(T=13, chunk=chunk)
+    assert {"y", "lmm.W_k", "lmm.w_theta", "lmm.mem0.W1", "lmm.mem0.W2"} <= set(errors)
+    assert max(errors.values()) <= 1e-12, errors
+
+
+def test_timed_recurrence_check_notices_a_recurrence_unlike_the_layers(monkeypatch):
+    """The check can fail: a recurrence without the second-order term (pitfall P1), or read before
+    the write while the layer reads after it, gives other numbers, and the benchmark refuses to time it."""
+    monkeypatch.setattr(bench_titans, "lmm_scan_backward",
+                        functools.partial(bench_titans.lmm_scan_backward, second_order=False))
+    errors = bench_titans.check_layer_recurrence()
+    assert errors["y"] == 0.0 and errors["lmm.W_k"] > 1e-3 and errors["lmm.W_v"] > 1e-3
+    with pytest.raises(RuntimeError, match="differs"):
+        bench_titans.bench_titans_recurrence(1, quick=True)
+    monkeypatch.undo()
+    original = bench_titans.lmm_scan_forward
+    monkeypatch.setattr(bench_titans, "lmm_scan_forward",
+                        lambda *args: original(*args[:-1], read_after_write=False))
+    assert bench_titans.check_layer_recurrence()["y"] > 1e-3
 
 
 def test_torch_rows_are_omitted_without_torch(monkeypatch):
