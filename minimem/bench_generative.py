@@ -13,6 +13,20 @@ are claimed.
                   The consolidation (U1-U3) is not part of the step: it is outside the gradient path
                   and the same code for both engines.
 
+VMA rows, third round of issue 11 (minimem/memory/vma.py lists what the manual engine does that
+the tape does not). Measured on 2 shared cores with other jobs running, so only ranges are given:
+    manual against the previous manual engine, same process, an autodiff step before every manual
+    call (as in this benchmark), 30 rounds x 3 runs: VIMCO 3.96-4.91 ms against 4.34-5.33 ms
+    (1.09-1.11x), exact address 6.19-6.47 ms against 6.86-7.12 ms (1.10-1.13x); manual against
+    autodiff in those runs 3.01-3.07x (VIMCO) and 2.79-2.86x (exact), CPU time and wall clock alike;
+    this module (wall clock, 5 runs of 5 rounds): VIMCO 2.5, 2.9, 3.0, 3.1, 3.1x (manual 3.9-5.1 ms),
+    exact 2.7, 2.8, 2.8, 2.9, 3.0x (6.0-6.5 ms).
+What bounds the ratio: the step's matrix products (VIMCO 69 M, exact 104 M multiply-adds), timed
+alone, take 1.9 / 2.7 ms (71-78 GFLOP/s, warm caches), and the same sequence of NumPy calls on tiny arrays
+(X = 16, H = 6) costs 0.9-1.0 / 1.2-1.3 ms of per-call overhead; that leaves about 1 ms for the
+passes over the (S, B, X) or (B, N', X) pixel arrays (one float32 exp per pixel: 0.11 / 0.24 ms)
+and the cold caches after an autodiff step, against an autodiff step of 9-15 / 11-19 ms.
+
 benchmarks(quick=False) returns {name: fn(rounds) -> rows} with the rows of minimem.bench
 ({"benchmark", "baseline", "baseline_s", "candidate", "candidate_s"}); quick=True shrinks every size
 so that the functions run in well under a second (tests).

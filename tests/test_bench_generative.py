@@ -217,3 +217,157 @@ def test_lstm_backward_accepts_caches_without_the_stacked_arrays():
     b = lstm_step_backward(dhs[0], dhs[1], LSTMStepCache(*step_cache[:11]))
     for got, want in zip(a[:3], b[:3]):
         np.testing.assert_allclose(got, want, rtol=1e-14, atol=1e-14)
+
+
+# ----------------------------------------------------------------- VMA manual engine, third round (issue 11)
+from minimem.memory.vma import VMA, VMAConfig, VMAInputs                      # noqa: E402
+from minimem.memory.vma_bound import (                                      # noqa: E402
+    bernoulli_log_likelihood_forward_inplace, gaussian_log_density_forward, leave_one_out_bounds, sum_log_bounded,
+    vimco_signals,
+)
+from minimem.memory.vma_networks import (                                   # noqa: E402
+    address_logits_backward, address_logits_forward, key_net_backward, key_net_forward, template_vae_backward,
+    template_vae_forward,
+)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float64", 1e-13), ("float32", 2e-6)])
+@pytest.mark.parametrize("shapes", [((1, 3, 50), (4, 3, 50)), ((3, 1, 37), (3, 5, 37)), ((2, 1), (2, 1)), ((1, 2, 400), (3, 2, 400))])
+def test_inplace_bernoulli_equals_the_reference_pair_and_consumes_the_logits(dtype, tol, shapes):
+    """One exp, block products for the log (any X, also X < 32 and X not a multiple of 32), x - 1/2
+    on x's own rows: the value and the Bernoulli mean equal the plain formulas, and the mean is
+    written into the logits' own buffer."""
+    rng = np.random.default_rng(11)
+    x_shape, t_shape = shapes
+    x = rng.random(x_shape).astype(dtype)
+    logit = (6 * rng.standard_normal(t_shape)).astype(dtype)
+    logit.flat[:4] = [0.0, 80.0, -80.0, -1e-8][:logit.size]           # (beyond -87 float32 means are subnormal)
+    l64, x64 = logit.astype(np.float64), x.astype(np.float64)
+    reference = np.sum(x64 * l64 - np.logaddexp(0.0, l64), axis=-1)
+    mean = np.where(l64 < 0, np.exp(l64) / (1.0 + np.exp(l64)), 1.0 / (1.0 + np.exp(-l64)))
+    buffer = logit.copy()
+    value, (x_cached, prob) = bernoulli_log_likelihood_forward_inplace(x, buffer)
+    assert value.shape == t_shape[:-1] and value.dtype == np.dtype(dtype) and prob.dtype == np.dtype(dtype)
+    assert np.shares_memory(prob, buffer) and x_cached is x
+    np.testing.assert_allclose(value, reference, rtol=tol, atol=tol * 50)
+    np.testing.assert_allclose(prob, mean, rtol=4 * np.finfo(dtype).eps, atol=0)
+    old_value, (_, old_prob) = bernoulli_log_likelihood_forward(x, logit)
+    np.testing.assert_allclose(value, old_value, rtol=tol, atol=tol * 50)
+    np.testing.assert_allclose(prob, old_prob, rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("X", [1, 31, 32, 33, 400, 1000])
+def test_block_product_log_sum_equals_the_sum_of_logs_without_overflow(X):
+    rng = np.random.default_rng(12)
+    for dtype, tol in (("float64", 1e-13), ("float32", 3e-6)):
+        w = (1.0 + rng.random((3, 2, X))).astype(dtype)
+        w[0, 0] = 2.0                                           # the largest factor everywhere: 2^X in one row
+        got = sum_log_bounded(w)
+        assert got.shape == (3, 2) and got.dtype == np.dtype(dtype) and np.all(np.isfinite(got))
+        np.testing.assert_allclose(got, np.log(w.astype(np.float64)).sum(axis=-1), rtol=tol, atol=tol)
+        assert abs(got[0, 0] - X * math.log(2.0)) <= tol * X
+
+
+@pytest.mark.parametrize("baseline", ["geometric", "arithmetic", "none"])
+def test_vimco_signals_with_one_log_sum_exp_equal_the_separate_bounds(baseline):
+    rng = np.random.default_rng(13)
+    for S in (2, 3, 4, 9):
+        log_w = 20 * rng.standard_normal((S, 5))
+        log_w[0, 0], log_w[1, 1] = -800.0, -np.inf               # a vanishing sample and a zero weight
+        c, L_loo = vimco_signals(log_w, baseline)
+        L = logsumexp(log_w, axis=0) - math.log(S)
+        np.testing.assert_array_equal(L_loo, leave_one_out_bounds(log_w, baseline))
+        np.testing.assert_array_equal(c, L[None, :] - L_loo)
+
+
+def test_lean_log_softmax_and_gaussian_match_the_plain_formulas():
+    rng = np.random.default_rng(14)
+    l = 30 * rng.standard_normal((5, 7))
+    log_q, cache = log_softmax_forward(l)
+    reference = l - l.max(axis=1, keepdims=True) - np.log(np.exp(l - l.max(axis=1, keepdims=True)).sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(log_q, reference, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(cache.q, np.exp(reference), rtol=1e-14, atol=1e-300)
+    z, mu, log_sig = rng.standard_normal((3, 4, 5, 6))
+    value, (standardised, sig) = gaussian_log_density_forward(z, mu, log_sig)
+    s = (z - mu) / np.exp(log_sig)
+    np.testing.assert_array_equal(standardised, s)
+    np.testing.assert_array_equal(value, np.sum(-0.5 * s ** 2 - log_sig, axis=-1) - 0.5 * math.log(2 * math.pi) * 6)
+
+
+def _small_vma(seed, **options):
+    cfg = VMAConfig(X=10, Z=3, E=4, He=5, H=6, **options)
+    model = VMA(cfg, rng=np.random.default_rng(seed))
+    rng = np.random.default_rng(100 + seed)
+    for name, value in model.params.items():
+        model.params[name] = value + 0.3 * rng.standard_normal(value.shape)
+    return model
+
+
+@pytest.mark.parametrize("options", [dict(), dict(separate_query=True, addr_scale=True, activation="relu")])
+def test_address_logits_without_slot_keys_equal_the_key_network_formulation(options):
+    """<k_x, k_n> = <s_n, W2 k_x> + <b2, k_x>: the logits and every key/query gradient equal those
+    of the explicit slot keys k_n = key_net(m_n) (what vma.py computed before)."""
+    model = _small_vma(15, **options)
+    p, act = model.params, model.config.activation
+    rng = np.random.default_rng(16)
+    x, memory = rng.random((3, 10)), rng.random((3, 4, 10))
+    scale = model._scale()
+    l, cache = address_logits_forward(x, memory, p, model.query_prefix, act, scale)
+    k_x, ckx = key_net_forward(x, p, model.query_prefix, act)
+    k_n, ckn = key_net_forward(memory, p, "key", act)
+    np.testing.assert_allclose(l, np.einsum("be,bne->bn", k_x, k_n) * scale, rtol=1e-13, atol=1e-13)
+    dl = rng.standard_normal((3, 4))
+    dmemory, grads = address_logits_backward(dl, cache, model.query_prefix, need_dmemory=True)
+    _, reference = key_net_backward(np.einsum("bn,bne->be", dl, k_n) * scale, ckx, model.query_prefix, need_dv=False)
+    dmemory_ref, slot_grads = key_net_backward(dl[:, :, None] * k_x[:, None, :] * scale, ckn, "key")
+    for name, value in slot_grads.items():
+        reference[name] = reference[name] + value if name in reference else value
+    assert set(grads) == set(reference)
+    for name in grads:
+        np.testing.assert_allclose(grads[name], reference[name], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(dmemory, dmemory_ref, rtol=1e-12, atol=1e-13)
+
+
+def test_template_vae_on_the_memory_itself_equals_the_gathered_layout():
+    """a = None (exact mode: the memory's own (B, N') rows, no gather) gives the same inner values
+    and gradients as gathering every slot with a = arange (rows (N', B))."""
+    model = _small_vma(17, n_dummy=1)
+    rng = np.random.default_rng(18)
+    B, Np = 3, 4
+    x, memory = rng.random((B, 10)), rng.random((B, Np, 10))
+    eps = rng.standard_normal((Np, B, 3))
+    a = np.repeat(np.arange(Np)[:, None], B, axis=1)
+    inner_gathered, c_gathered = template_vae_forward(model.params, x, memory, a, eps)
+    inner_direct, c_direct = template_vae_forward(model.params, x, memory, None, eps.transpose(1, 0, 2))
+    np.testing.assert_allclose(inner_direct, inner_gathered.T, rtol=1e-13, atol=1e-12)
+    dinner = rng.standard_normal((Np, B))
+    g_gathered, dm_gathered = template_vae_backward(dinner, c_gathered, memory.shape)
+    g_direct, dm_direct = template_vae_backward(dinner.T, c_direct, memory.shape)
+    for name in g_gathered:
+        np.testing.assert_allclose(g_direct[name], g_gathered[name], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dm_direct, dm_gathered, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["vimco", "exact"])
+def test_benchmark_configuration_float32_manual_matches_autodiff(estimator):
+    """The benchmark's own setting (relu, float32, X = 400, the merged products, block logs, in-place
+    Bernoulli): manual and autodiff agree to float32 rounding on every parameter."""
+    s = SIZES["full"]["vma"]
+    rng = np.random.default_rng(0)
+    x = (rng.random((8, s["X"])) < 0.1).astype("float32")
+    M = (rng.random((8, 5, s["X"])) < 0.1).astype("float32")
+    model = VMA(VMAConfig(X=s["X"], Z=s["Z"], E=s["E"], He=s["He"], H=s["H"], estimator=estimator, activation="relu",
+                          dtype="float32"), rng=np.random.default_rng(1))
+    inputs = VMAInputs(x, M, **model.sample_noise(np.random.default_rng(2), 8, s["S"], M))
+    dL = np.full(8, -1.0 / 8, dtype="float32")
+    L, cache = model.forward(inputs)
+    manual = model.backward(dL, cache)
+    from minimem import autodiff as ad
+    tparams = {name: ad.Tensor(value, requires_grad=True) for name, value in model.params.items()}
+    L_auto = model.forward_autodiff(tparams, inputs)
+    L_auto.backward(dL)
+    np.testing.assert_allclose(L, L_auto.data, rtol=2e-6, atol=1e-4)
+    top = max(float(np.max(np.abs(g))) for g in manual.values())
+    for name, value in manual.items():
+        assert value.dtype == np.float32 and value.shape == model.params[name].shape
+        np.testing.assert_allclose(value, tparams[name].grad, rtol=2e-3, atol=2e-5 * top, err_msg=name)

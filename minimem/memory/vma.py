@@ -35,6 +35,24 @@ Estimators (config.estimator) - what backward() returns for an upstream dL (B,):
                 grad E[L_S] on its own.
     "exact"     the exact gradient of L_exact (V14); eps has shape (N', B, Z), no a or u.
 
+Manual engine: what the hand-derived backward does that a tape does not (issue 11; each step is
+commented where it is used, and tests/test_bench_generative.py pins it to the plain formulas):
+    slot keys never formed: <k_x, k_n> = <s_n, key.W2 k_x> + <key.b2, k_x> (s_n the slot's hidden
+        layer), so the slots' second layer becomes one (B, E) x (E, H) product on the query side;
+    products merged by concatenating weights: e @ [prior.Wm | prior.Ws | enc.We | dec.We],
+        g @ [enc.Wm | enc.Ws], and in exact mode M' @ [key.W1 | emb.W] (both read every slot);
+        their adjoints are written side by side into one buffer and need one product each;
+    rows stacked: a query sharing the key network runs its first layer with the slots, [M'; x] @ key.W1;
+    the x-part of the encoder, x @ enc.Wx, on the B rows of x once (shared by every sample);
+    log N(z; mu_q, sig_q) at z = mu_q + sig_q eps is sum(-eps^2 / 2 - log sig_q) - const: its
+        adjoint is +dinner on log sig_q only (no Gaussian adjoint pass for q);
+    exact mode runs the VAE on M' itself in its (B, N') order: no gather, no scatter;
+    the Bernoulli term with one exp per pixel and logs of block products (vma_bound), its
+        Bernoulli mean written into the logits' buffer; activations applied in place;
+    VIMCO's L and every L_-s from one masked log-sum-exp; log p(a) and its scatter skipped when
+        the prior is uniform (few-shot mode); no top-k bookkeeping on the dense path.
+The autodiff engine keeps the plain equations; the two agree to rounding (tests/test_vma.py).
+
 Noise is an input (DESIGN.md): VMAInputs(x, M, a or u, eps). With u the model samples a itself
 (V5) and returns it in the cache (cache.a), so a step can be replayed with the same a.
 Memory modes: "few_shot" (M is data (B, N, X), no gradient; n_dummy learned entries `mem.dummy`
@@ -68,7 +86,8 @@ from minimem.memory.vma_bound import (
     sigmoid, top_k_mask, vimco_signals,
 )
 from minimem.memory.vma_networks import (
-    TemplateVAECache, key_net_autodiff, key_net_backward, key_net_forward, template_vae_autodiff,
+    AddressCache, TemplateVAECache, address_logits_backward, address_logits_forward, key_net_autodiff,
+    key_net_forward, memory_first_layers_backward, memory_first_layers_forward, template_vae_autodiff,
     template_vae_backward, template_vae_forward,
 )
 from minimem.nn.mlp import activation_forward
@@ -149,22 +168,21 @@ class VMACache(NamedTuple):
     B: int
     memory: np.ndarray         # (B, N', X) addressable slots M'
     a: np.ndarray              # (S', B) int addresses used (sampled from u, given, or arange in exact mode)
-    key_x: tuple               # (k_x (B, E), KeyCache)
-    key_n: tuple               # (k_n (B, N', E), KeyCache)
-    scale: float               # logit scale, 1 or 1/sqrt(E)
-    kept: np.ndarray           # (B, N') bool top-k set (all True on the dense path)
+    address: AddressCache      # (V1)-(V2), the slot keys folded away (vma_networks.address_logits_forward)
+    kept: np.ndarray | None    # (B, N') bool top-k set; None on the dense path (top_k None or >= N')
     log_q: np.ndarray          # (B, N') (V3)
     q_cache: tuple             # LogSoftmaxCache
     log_p: np.ndarray          # (B, N') (V4)
     p_cache: tuple | None      # LogSoftmaxCache of theta (learned mode) or None
-    vae: TemplateVAECache
-    inner: np.ndarray          # (S', B)
+    vae: TemplateVAECache      # rows (S, B); in exact mode (B, N'), the memory's own order
+    inner: np.ndarray          # (S, B); (B, N') in exact mode
     log_w: np.ndarray | None   # (S, B) (V12); None in exact mode
     w_tilde: np.ndarray | None  # (S, B) softmax_s(log w)
     signal: np.ndarray | None  # (S, B) VIMCO signals c (vimco estimator only)
     L_loo: np.ndarray | None   # (S, B) leave-one-out bounds (vimco estimator only)
     exact: tuple | None        # ExactBoundCache (exact mode)
     L: np.ndarray              # (B,) the output
+    first: object | None       # exact mode: LinearCache of M' @ [key.W1 | emb.W] (memory_first_layers_forward)
 
 
 class VMA:
@@ -196,7 +214,8 @@ class VMA:
         if params.keys() != shapes.keys():
             raise ValueError(f"parameters must be {sorted(shapes)}; got {sorted(params)}")
         for name, shape in shapes.items():
-            if np.shape(params[name]) != shape:
+            value = params[name]
+            if (value.shape if isinstance(value, np.ndarray) else np.shape(value)) != shape:
                 raise ValueError(f"parameter {name} must have shape {shape}; got {np.shape(params[name])}")
 
     def _float(self, name: str, value, shape_text: str) -> np.ndarray:
@@ -306,12 +325,13 @@ class VMA:
         B = x.shape[0]
         memory = self._memory(p, M, B)                                           # (B, N', X)
         Np = memory.shape[1]
-        k_x, ckx = key_net_forward(x, p, self.query_prefix, cfg.activation)     # (B, E)      (V1)
-        k_n, ckn = key_net_forward(memory, p, "key", cfg.activation)            # (B, N', E)
-        scale = self._scale()
-        l = np.einsum("be,bne->bn", k_x, k_n) * scale                           # (B, N')     (V2)
-        kept = top_k_mask(l, cfg.top_k)                                         # (V5) top-k
-        log_q, cq = log_softmax_forward(l, None if kept.all() else kept)        # (B, N')     (V3)
+        pre_key = pre_e = cfirst = None
+        if cfg.estimator == "exact":            # key layer 1 and the embedding read the same slots: one product
+            pre_key, pre_e, cfirst = memory_first_layers_forward(memory, p)     # (B, N', H), (B, N', He)
+        l, caddr = address_logits_forward(x, memory, p, self.query_prefix, cfg.activation,
+                                          self._scale(), pre_key)               # (B, N')     (V1)-(V2)
+        kept = None if cfg.top_k is None or cfg.top_k >= Np else top_k_mask(l, cfg.top_k)   # (V5) top-k
+        log_q, cq = log_softmax_forward(l, kept)                                # (B, N')     (V3)
         if cfg.memory == "learned":                                             # (V4)
             log_prior, cp = log_softmax_forward(p["addr.theta"])
             log_p = np.broadcast_to(log_prior[None], (B, Np))
@@ -320,21 +340,23 @@ class VMA:
         if cfg.estimator == "exact":
             a = np.repeat(np.arange(Np)[:, None], B, axis=1)                    # (N', B) every slot once
         elif a is None:
-            a = sample_addresses(log_q, u)                                      # (S, B)      (V5)
-        else:
+            a = sample_addresses(log_q, u, q=cq.q)                              # (S, B)      (V5)
+        elif kept is not None:
             self._check_kept(a, kept)
-        inner, cvae = template_vae_forward(p, x, memory, a, eps, cfg.activation)   # (S', B)  (V6)-(V11)
         log_w = w_tilde = signal = L_loo = exact = None
-        if cfg.estimator == "exact":
-            L, exact = exact_bound_forward(log_q, log_p, inner.T, kept)         # (B,)        (V14)
+        if cfg.estimator == "exact":            # every slot once: the VAE runs on M' itself, rows (B, N')
+            inner, cvae = template_vae_forward(p, x, memory, None, eps.transpose(1, 0, 2), cfg.activation, pre_e)
+            L, exact = exact_bound_forward(log_q, log_p, inner, kept)           # (B,)        (V14)
         else:
-            b_index = np.arange(B)[None, :]
-            log_w = inner + log_p[b_index, a] - log_q[b_index, a]               # (S, B)      (V12)
+            inner, cvae = template_vae_forward(p, x, memory, a, eps, cfg.activation)   # (S, B)  (V6)-(V11)
+            slot = a + np.arange(B) * Np                                        # (S, B) flat index of (b, a_sb)
+            log_p_a = np.take(log_p, slot) if cfg.memory == "learned" else log_p[0, 0]   # few-shot: -log N' for all
+            log_w = inner + log_p_a - np.take(log_q, slot)                      # (S, B)      (V12)
             L, w_tilde = iw_bound_forward(log_w)                                # (B,)        (V13)
             if cfg.estimator == "vimco":
                 signal, L_loo = self.learning_signal(log_w)                     # (S, B)      (G2)-(G3)
-        return L, VMACache(B, memory, a, (k_x, ckx), (k_n, ckn), scale, kept, log_q, cq, log_p, cp, cvae, inner,
-                           log_w, w_tilde, signal, L_loo, exact, L)
+        return L, VMACache(B, memory, a, caddr, kept, log_q, cq, log_p, cp, cvae, inner,
+                           log_w, w_tilde, signal, L_loo, exact, L, cfirst)
 
     def backward(self, dL, cache: VMACache) -> dict:
         """The gradient (estimator) of sum_b dL_b L_b, by config.estimator (module docstring)."""
@@ -343,26 +365,30 @@ class VMA:
         if dL.shape != cache.L.shape:
             raise ValueError(f"dL must have the output's shape (B,) = {cache.L.shape}; got {dL.shape}")
         B, Np = cache.log_q.shape
-        a, b_index = cache.a, np.arange(B)[None, :]
         if cfg.estimator == "exact":
-            dlog_q, dlog_p, dinner = exact_bound_backward(dL, cache.exact)      # (V14)
-            dinner = dinner.T                                                   # (N', B)
+            dlog_q, dlog_p, dinner = exact_bound_backward(dL, cache.exact)      # (V14), dinner (B, N')
         else:
             dinner = iw_bound_backward(dL, cache.w_tilde)                       # (S, B)      (V13)
-            slot = b_index * Np + a                                             # (S, B) flat index of (b, a_sb)
+            slot = cache.a + np.arange(B) * Np                                  # (S, B) flat index of (b, a_sb)
             dlog_q = scatter_to_slots(self.score_coefficients(dL, cache.w_tilde, cache.signal), slot, (B, Np))  # (G5)
-            dlog_p = scatter_to_slots(dinner, slot, (B, Np))                    # (V12) + log p(a_s)
+            if cfg.memory == "learned":                                          # p is fixed in few-shot mode
+                dlog_p = scatter_to_slots(dinner, slot, (B, Np))                # (V12) + log p(a_s)
         need_memory = cfg.memory == "learned" or cfg.n_dummy > 0
-        grads, dmemory = template_vae_backward(dinner, cache.vae, cache.memory.shape if need_memory else None)
+        dfirst = dpre_key = dpre_e = None
+        if cache.first is not None:             # exact mode: [dpre_key | dpre_e] filled in place, one product
+            H = p["key.W1"].shape[1]
+            dfirst = np.empty((B, Np, H + p["emb.W"].shape[1]), dtype=cache.L.dtype)
+            dpre_key, dpre_e = dfirst.reshape(B * Np, -1)[:, :H], dfirst.reshape(B * Np, -1)[:, H:]   # 2-D views
+        grads, dmemory = template_vae_backward(dinner, cache.vae, cache.memory.shape if need_memory else None, dpre_e)
         dl = log_softmax_backward(dlog_q, cache.q_cache)                        # (B, N')     (V3)
-        k_x, ckx = cache.key_x
-        k_n, ckn = cache.key_n
-        dk_x = np.einsum("bn,bne->be", dl, k_n) * cache.scale                   # (B, E)      (V2)
-        dk_n = dl[:, :, None] * k_x[:, None, :] * cache.scale                   # (B, N', E)
-        _, query_grads = key_net_backward(dk_x, ckx, self.query_prefix, need_dv=False)   # (V1) query: x is data
-        dmemory_key, key_grads = key_net_backward(dk_n, ckn, "key", need_dv=need_memory)  # (V1) slot branch
-        for name, value in query_grads.items():                                 # shared net: accumulate
-            key_grads[name] = key_grads[name] + value if name in key_grads else value
+        dmemory_key, key_grads = address_logits_backward(dl, cache.address, self.query_prefix, need_memory,
+                                                         dpre_key)              # (V2)-(V1)
+        if dfirst is not None:
+            dmemory_key, first_grads = memory_first_layers_backward(dfirst, cache.first, H, need_memory)
+            for name, value in first_grads.items():             # key.* also has the query branch (in place)
+                if name in key_grads:
+                    value += key_grads[name]                          # a column block of this step's product
+                key_grads[name] = value
         grads.update(key_grads)
         if cfg.memory == "learned":
             grads["mem.M"] = np.sum(dmemory + dmemory_key, axis=0)              # gather + key branch
@@ -492,10 +518,13 @@ class VMA:
         v = cache.vae
         var_ratio = np.exp(2.0 * (v.log_sig_q - v.log_sig_p))
         kl_z = 0.5 * np.sum(var_ratio + ((v.mu_q - v.mu_p) / np.exp(v.log_sig_p)) ** 2 - 1.0
-                            - 2.0 * (v.log_sig_q - v.log_sig_p), axis=-1)           # (S', B)
-        weights = cache.exact.q.T if cache.exact is not None else np.full(kl_z.shape, 1.0 / kl_z.shape[0])
+                            - 2.0 * (v.log_sig_q - v.log_sig_p), axis=-1)           # (S, B) or (B, N')
+        if cache.exact is not None:                                                 # exact mode: rows (B, N')
+            kl_z_mean = np.sum(cache.exact.q * kl_z, axis=-1)                       # q = 0 off the top-k set
+        else:
+            kl_z_mean = np.mean(kl_z, axis=0)
         out = {"KL_a": address_kl(cache.log_q, cache.log_p), "H_a": address_entropy(cache.log_q),
-               "KL_z": np.sum(weights * kl_z, axis=0)}
+               "KL_z": kl_z_mean}
         if mem_class is not None and x_class is not None:
             mem_class, x_class = np.asarray(mem_class), np.asarray(x_class)
             B, Np = cache.log_q.shape

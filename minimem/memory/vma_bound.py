@@ -26,6 +26,7 @@ they come from a masked log-sum-exp over an (S, S) matrix whose row s omits colu
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -100,8 +101,13 @@ def log_softmax_forward(l: np.ndarray, kept: np.ndarray | None = None):
         log_q: (..., N), and the cache for log_softmax_backward.
     """
     masked = l if kept is None else np.where(kept, l, -np.inf)
-    log_q = masked - logsumexp(masked, axis=-1, keepdims=True)    # (..., N)
-    return log_q, LogSoftmaxCache(np.exp(log_q), kept)
+    shift = masked.max(axis=-1, keepdims=True)                     # finite: at least one slot is kept
+    log_q = masked - shift                                         # (..., N)
+    q = np.exp(log_q)
+    total = q.sum(axis=-1, keepdims=True)                          # in [1, N]
+    q /= total
+    log_q -= np.log(total)
+    return log_q, LogSoftmaxCache(q, kept)
 
 
 def log_softmax_backward(dlog_q: np.ndarray, cache: LogSoftmaxCache) -> np.ndarray:
@@ -114,17 +120,18 @@ def log_softmax_backward(dlog_q: np.ndarray, cache: LogSoftmaxCache) -> np.ndarr
     return np.where(kept, dlog_q - q * np.sum(dlog_q, axis=-1, keepdims=True), 0.0)
 
 
-def sample_addresses(log_q: np.ndarray, u: np.ndarray) -> np.ndarray:
+def sample_addresses(log_q: np.ndarray, u: np.ndarray, q: np.ndarray | None = None) -> np.ndarray:
     """Inverse-CDF sampler, eq. (V5): a_sb = #{n : cumsum_n q_bn <= u_sb}.
 
     Args:
         log_q: (B, N) address log posterior.
         u: (S, B) uniforms in [0, 1).
+        q: (B, N) exp(log_q) if the caller has it already (the log-softmax cache does), else None.
     Returns:
         a: (S, B) int64. Round-off can leave cumsum_N slightly below 1, so a is clipped to the
         last slot with q_n > 0 (never N, never a slot the top-k restriction dropped).
     """
-    q = np.exp(log_q)                                              # (B, N)
+    q = np.exp(log_q) if q is None else q                          # (B, N)
     cdf = np.cumsum(q, axis=-1)                                    # (B, N)
     a = np.sum(cdf[None, :, :] <= u[:, :, None], axis=-1)          # (S, B)
     N = q.shape[-1]
@@ -159,8 +166,12 @@ def gaussian_log_density_forward(z: np.ndarray, mu: np.ndarray, log_sig: np.ndar
         log N(z; mu, sig): (...,), and the cache for gaussian_log_density_backward.
     """
     sig = np.exp(log_sig)
-    standardised = (z - mu) / sig                                  # (..., Z)
-    value = np.sum(-0.5 * standardised ** 2 - log_sig, axis=-1) - 0.5 * LOG_2PI * z.shape[-1]
+    standardised = z - mu
+    standardised /= sig                                            # (..., Z)
+    terms = standardised * standardised
+    terms *= -0.5
+    terms -= log_sig
+    value = terms.sum(axis=-1) - 0.5 * LOG_2PI * z.shape[-1]
     return value, GaussianCache(standardised, sig)
 
 
@@ -218,6 +229,63 @@ def bernoulli_log_likelihood_forward(x: np.ndarray, logit: np.ndarray):
     return np.sum(terms, axis=-1), (x, prob)
 
 
+def sum_log_bounded(w: np.ndarray, block: int = 32) -> np.ndarray:
+    """sum_x log w_x over the last axis for w in [1, 2] (the 1 + e^-|t| of the Bernoulli), with few logs.
+
+    Identity: sum_x log w_x = sum_blocks log prod_{x in block} w_x. One np.multiply.reduceat forms
+    the products of consecutive blocks of `block` entries (the last block may be shorter), each at
+    most 2^block = 2^32 (float32 overflows near 2^128): never an overflow. The logarithm then runs
+    over X / 32 entries instead of X (13 per row for X = 400), for about the cost of one multiply
+    pass; each product's rounding (one unit in the last place per factor) is the same order as that
+    of the sum of logarithms it replaces.
+
+    Args:
+        w: (..., X) values in [1, 2].
+    Returns:
+        (...,) in w's dtype.
+    """
+    X = w.shape[-1]
+    products = np.multiply.reduceat(w.reshape(-1, X), np.arange(0, X, block), axis=1)   # (rows, ceil(X / block))
+    return np.log(products).sum(axis=-1).reshape(w.shape[:-1])
+
+
+def bernoulli_log_likelihood_forward_inplace(x: np.ndarray, logit: np.ndarray, work: np.ndarray | None = None):
+    """Eq. (V10) as bernoulli_log_likelihood_forward (same value and cache), with fewer passes over
+    the (..., X) logits, and CONSUMING `logit`: on return its buffer holds sigmoid(logit), the
+    cache's Bernoulli mean (no new array of the logits' size is allocated for it).
+
+        x t - softplus(t) = (x - 1/2) t - |t| / 2 - log(1 + e),   e = e^-|t|   (max(t, 0) = (t + |t|) / 2)
+        sum_x (x_x - 1/2) t_x   one batched dot product per row (x - 1/2 is formed on x's rows only,
+                                 so once per episode when x broadcasts over the samples)
+        sum_x |t_x|             one matrix-vector product with a vector of ones
+        sum_x log(1 + e_x)      sum_log_bounded: 1 + e lies in (1, 2], logs of block products
+        sigmoid(t) = max(e, [t >= 0]) / (1 + e)   (1 / (1 + e) for t >= 0, e / (1 + e) for t < 0:
+                                 no subtraction, so tiny means keep their relative precision)
+    One exponential and one division per entry; the logarithms run over X / 32 entries.
+
+    Args:
+        x: (..., X) targets in [0, 1], broadcasting against logit (e.g. (1, B, X) or (B, 1, X)).
+        logit: (..., X), a temporary the caller owns (overwritten).
+        work: None, or a scratch array of logit's shape and dtype that may be overwritten (saves
+            one more allocation of the logits' size).
+    Returns:
+        log p(x | logit): (...,), and the cache (x, sigmoid(logit)) for bernoulli_log_likelihood_backward;
+        the sigmoid is `logit`'s buffer.
+    """
+    X = logit.shape[-1]
+    work = np.abs(logit, out=work)                                 # |t|
+    sum_abs = (work.reshape(-1, X) @ np.ones(X, dtype=work.dtype)).reshape(logit.shape[:-1])
+    centred = np.subtract(x, 0.5, dtype=logit.dtype)               # x - 1/2 on x's own rows
+    dot = np.matmul(logit[..., None, :], centred[..., :, None])[..., 0, 0]
+    nonnegative = logit >= 0                                       # the last use of t itself
+    prob = np.negative(work, out=logit)                            # -|t|, in t's buffer
+    np.exp(prob, out=prob)                                         # e = e^-|t| in (0, 1]
+    np.add(prob, 1.0, out=work)                                    # 1 + e in (1, 2]
+    np.maximum(prob, nonnegative, out=prob)                        # 1 where t >= 0, e where t < 0
+    prob /= work                                                   # sigmoid(t)
+    return dot - 0.5 * sum_abs - sum_log_bounded(work), (x, prob)
+
+
 def bernoulli_log_likelihood_backward(dout: np.ndarray, cache) -> np.ndarray:
     """Adjoint of (V10) w.r.t. the logits: dlogit = dout * (x - sigmoid(logit)), (..., X)."""
     x, prob = cache
@@ -262,6 +330,15 @@ def iw_bound_autodiff(log_w) -> ad.Tensor:
 
 
 # ----------------------------------------------------------------- VIMCO (G2, G3)
+@functools.lru_cache(maxsize=16)
+def _own_column(S: int) -> np.ndarray:
+    """(S, S, 1) bool, True at [s, s, 0]: the diagonal mask of leave_one_out_bounds, built once per S
+    (read-only, shared between calls)."""
+    own = np.eye(S, dtype=bool)[:, :, None]
+    own.flags.writeable = False
+    return own
+
+
 def leave_one_out_bounds(log_w: np.ndarray, baseline: str = "geometric") -> np.ndarray:
     """L_-s of (G2) for every sample, by a masked log-sum-exp (never by subtraction).
 
@@ -284,7 +361,7 @@ def leave_one_out_bounds(log_w: np.ndarray, baseline: str = "geometric") -> np.n
         raise ValueError(f"VIMCO needs S >= 2 samples per episode (leave-one-out); got S={S}")
     if baseline == "none":
         return np.zeros((S, B), dtype=log_w.dtype)
-    own = np.eye(S, dtype=bool)[:, :, None]                        # (S, S, 1): column s of row s
+    own = _own_column(S)                                           # (S, S, 1): column s of row s
     rows = log_w[None, :, :]                                       # rows[s, j] = log w_j (broadcast)
     if baseline == "arithmetic":
         without_s = np.where(own, -np.inf, rows)                   # (S, S, B)
@@ -303,15 +380,32 @@ def vimco_signals(log_w: np.ndarray, baseline: str = "geometric") -> tuple[np.nd
     Returns:
         c: (S, B) signals, and L_loo: (S, B) the leave-one-out bounds.
     """
-    L = logsumexp(log_w, axis=0) - math.log(log_w.shape[0])        # (B,) eq. (V13)
-    L_loo = leave_one_out_bounds(log_w, baseline)
+    S, B = log_w.shape
+    if baseline == "none" or baseline not in BASELINES or S < 2:   # (errors are raised there)
+        L = logsumexp(log_w, axis=0) - math.log(S)                 # (B,) eq. (V13)
+        L_loo = leave_one_out_bounds(log_w, baseline)
+        return L[None, :] - L_loo, L_loo
+    # One log-sum-exp for both: rows 0..S-1 of `stack` are the leave-one-out rows of
+    # leave_one_out_bounds (column s of row s holds the stand-in), row S is log w itself (for L).
+    stack = np.empty((S + 1, S, B), dtype=log_w.dtype)
+    stack[:] = log_w
+    own = stack[:S].reshape(S * S, B)[::S + 1]                     # (S, B) view of the entries (s, s)
+    if baseline == "geometric":
+        own[...] = np.where(_own_column(S), 0.0, log_w[None]).sum(axis=1) / (S - 1)
+        lse = logsumexp(stack, axis=1)                             # (S + 1, B)
+        L_loo = lse[:S] - math.log(S)
+    else:                                                          # arithmetic: sample s left out
+        own[...] = -np.inf
+        lse = logsumexp(stack, axis=1)
+        L_loo = lse[:S] - math.log(S - 1)
+    L = lse[S] - math.log(S)                                       # (B,) eq. (V13)
     return L[None, :] - L_loo, L_loo
 
 
 # ----------------------------------------------------------------- exact-address bound (V14)
 class ExactBoundCache(NamedTuple):
     q: np.ndarray        # (B, N)
-    kept: np.ndarray     # (B, N) bool
+    kept: np.ndarray | None   # (B, N) bool, or None: every slot kept
     f: np.ndarray        # (B, N) inner_n + log p_n - log q_n (0 where not kept)
     L: np.ndarray        # (B,)
 
@@ -330,9 +424,11 @@ def exact_bound_forward(log_q: np.ndarray, log_p: np.ndarray, inner: np.ndarray,
     Returns:
         L: (B,), and the cache for exact_bound_backward.
     """
-    kept = np.ones(log_q.shape, dtype=bool) if kept is None else kept
     q = np.exp(log_q)
-    f = np.where(kept, inner + log_p - np.where(kept, log_q, 0.0), 0.0)    # (B, N)
+    if kept is None:                                               # dense: log q is finite everywhere
+        f = inner + log_p - log_q
+    else:
+        f = np.where(kept, inner + log_p - np.where(kept, log_q, 0.0), 0.0)    # (B, N)
     L = np.sum(q * f, axis=-1)                                     # (B,)
     return L, ExactBoundCache(q, kept, f, L)
 
@@ -343,4 +439,5 @@ def exact_bound_backward(dL: np.ndarray, cache: ExactBoundCache):
     Through log_softmax_backward this gives dl_j = dL q_j (f_j - L). Returns (dlog_q, dlog_p, dinner)."""
     q, kept, f, _ = cache
     dq = dL[:, None] * q                                           # (B, N)
-    return np.where(kept, dq * (f - 1.0), 0.0), dq, dq
+    dlog_q = dq * (f - 1.0)
+    return (dlog_q if kept is None else np.where(kept, dlog_q, 0.0)), dq, dq
