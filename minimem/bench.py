@@ -265,11 +265,16 @@ def family_main(benchmarks: Callable[[bool], dict], title: str, prog: str, doc: 
         parser.error(f"--rounds must be >= 1; got {args.rounds}")
     rounds = 1 if args.quick else args.rounds
     found = benchmarks(args.quick)
-    rows = []
+    rows, skipped = [], []
     for name in args.only or list(found):
-        rows += found[name](rounds)
+        new_rows = found[name](rounds)
+        rows += new_rows
+        if not new_rows:
+            skipped.append(name)                # e.g. a PyTorch comparison without torch installed
     print(f"# minimem {title} ({rounds} interleaved rounds, medians)")
     print(machine_description())
+    if skipped:
+        print(f"# no rows (skipped; see each benchmark's docstring): {', '.join(skipped)}")
     print(format_table(rows))
     return 0
 

@@ -128,21 +128,6 @@ def benchmarks(quick: bool = False) -> dict[str, Callable[[int], list[dict]]]:
 
 
 if __name__ == "__main__":
-    import argparse
-    import platform
+    from minimem.bench import family_main
 
-    from minimem.bench import format_table
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one round (checks the code runs)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
-    parser.add_argument("--only", choices=sorted(benchmarks()), action="append", help="run only these")
-    args = parser.parse_args()
-    rounds = 1 if args.quick else args.rounds
-    found = benchmarks(args.quick)
-    rows = []
-    for name in args.only or list(found):
-        rows += found[name](rounds)
-    print(f"# minimem generative-memory benchmarks ({platform.python_implementation()} {platform.python_version()}, "
-          f"numpy {np.__version__}, {rounds} interleaved rounds, medians)")
-    print(format_table(rows))
+    raise SystemExit(family_main(benchmarks, "generative-memory benchmarks", "python -m minimem.bench_generative", __doc__))
