@@ -209,6 +209,31 @@ class VSMCache(NamedTuple):
     L: np.ndarray               # (B,)                                  (S15)
 
 
+def _recall_cue_features_backward(k, grads: dict, params: Mapping, du_C, du_T, dlog_prior, dm, dP,
+                                  state_grads: bool) -> dict:
+    """The end of both plug-ins' backward, (S5)-(S1): the semantic recall, the cue network and the
+    shared feature network, from the gradients w.r.t. the recalled prior (dlog_prior, dm, dP) and the
+    features (du_C (B, Ne, H), du_T (B, n_t, H)) the plug-in's own terms produced. k is the plug-in's
+    cache; grads collects the parameter gradients. Returns every gradient in its parameter's dtype
+    (plus "sem.mu" and "sem.lam" when state_grads)."""
+    dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall, state_grads)   # (S3)-(S5)
+    dchat = np.where(k.has_c[:, None], dchat, 0.0)                              # (S2)
+    drho = -dpi * k.pi
+    dubC_m, grads["cue.Wm"], grads["cue.bm"] = affine_backward(dchat, k.cue[0])
+    dubC_s, grads["cue.Ws"], grads["cue.bs"] = affine_backward(drho, k.cue[1])
+    valid = k.mask[..., None].astype(du_C.dtype)
+    du_C = du_C + valid * ((dubC_m + dubC_s) / k.ubar_C_den)[:, None]
+    Ne = k.u_C.shape[1]                                                         # (S1), shared net:
+    dpre_u = np.empty(k.u_C.shape[:1] + (Ne + k.u_T.shape[1],) + k.u_C.shape[2:], dtype=du_C.dtype)   # one product
+    np.multiply(du_C, 1.0 - k.u_C ** 2, out=dpre_u[:, :Ne])
+    np.multiply(du_T, 1.0 - k.u_T ** 2, out=dpre_u[:, Ne:])
+    _, grads["feat.W"], grads["feat.b"] = affine_backward(dpre_u, k.feat, need_dv=False)
+    out = {name: grads[name].astype(params[name].dtype, copy=False) for name in params}
+    if state_grads:
+        out["sem.mu"], out["sem.lam"] = dsem_mu, dsem_lam
+    return out
+
+
 class VSM:
     """The VSM-style model (reconstructed): VSMInputs -> L (B,), eq. (S15). See the module docstring."""
 
@@ -405,21 +430,7 @@ class VSM:
         valid = k.mask[..., None].astype(dubar.dtype)
         du_C = du_C + valid * dubar[:, None]
         du_T = np.broadcast_to(dubar[:, None], k.u_T.shape)
-        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall, state_grads)   # (S3)-(S5)
-        dchat = np.where(k.has_c[:, None], dchat, 0.0)                              # (S2)
-        drho = -dpi * k.pi
-        dubC_m, grads["cue.Wm"], grads["cue.bm"] = affine_backward(dchat, k.cue[0])
-        dubC_s, grads["cue.Ws"], grads["cue.bs"] = affine_backward(drho, k.cue[1])
-        du_C = du_C + valid * ((dubC_m + dubC_s) / k.ubar_C_den)[:, None]
-        Ne = k.u_C.shape[1]                                                         # (S1), shared net:
-        dpre_u = np.empty(k.u_C.shape[:1] + (Ne + k.u_T.shape[1],) + k.u_C.shape[2:], dtype=du_C.dtype)   # one product
-        np.multiply(du_C, 1.0 - k.u_C ** 2, out=dpre_u[:, :Ne])
-        np.multiply(du_T, 1.0 - k.u_T ** 2, out=dpre_u[:, Ne:])
-        _, grads["feat.W"], grads["feat.b"] = affine_backward(dpre_u, k.feat, need_dv=False)
-        out = {name: grads[name].astype(p[name].dtype, copy=False) for name in p}
-        if state_grads:
-            out["sem.mu"], out["sem.lam"] = dsem_mu, dsem_lam
-        return out
+        return _recall_cue_features_backward(k, grads, p, du_C, du_T, dlog_prior, dm, dP, state_grads)
 
     # -- autodiff engine
     def forward_autodiff(self, tparams: Mapping[str, ad.Tensor], inputs: VSMInputs) -> ad.Tensor:
@@ -671,22 +682,7 @@ class VSMVAE(VSM):
         du_T_m, grads["post.Wm"], grads["post.bm"] = affine_backward(dmu_c, k.post[0])   # (S6')
         du_T_s, grads["post.Ws"], grads["post.bs"] = affine_backward(dlog_var_c, k.post[1])
         du_T = du_T_m + du_T_s
-        dchat, dpi, dsem_mu, dsem_lam = recall_backward(dlog_prior, dm, dP, k.recall, state_grads)   # (S3)-(S5)
-        dchat = np.where(k.has_c[:, None], dchat, 0.0)                              # (S2)
-        drho = -dpi * k.pi
-        dubC_m, grads["cue.Wm"], grads["cue.bm"] = affine_backward(dchat, k.cue[0])
-        dubC_s, grads["cue.Ws"], grads["cue.bs"] = affine_backward(drho, k.cue[1])
-        valid = k.mask[..., None].astype(du_C.dtype)
-        du_C = du_C + valid * ((dubC_m + dubC_s) / k.ubar_C_den)[:, None]
-        Ne = k.u_C.shape[1]                                                         # (S1), shared net:
-        dpre_u = np.empty(k.u_C.shape[:1] + (Ne + k.u_T.shape[1],) + k.u_C.shape[2:], dtype=du_C.dtype)   # one product
-        np.multiply(du_C, 1.0 - k.u_C ** 2, out=dpre_u[:, :Ne])
-        np.multiply(du_T, 1.0 - k.u_T ** 2, out=dpre_u[:, Ne:])
-        _, grads["feat.W"], grads["feat.b"] = affine_backward(dpre_u, k.feat, need_dv=False)
-        out = {name: grads[name].astype(p[name].dtype, copy=False) for name in p}
-        if state_grads:
-            out["sem.mu"], out["sem.lam"] = dsem_mu, dsem_lam
-        return out
+        return _recall_cue_features_backward(k, grads, p, du_C, du_T, dlog_prior, dm, dP, state_grads)
 
     # -- autodiff engine
     def forward_autodiff(self, tparams: Mapping[str, ad.Tensor], inputs: VSMInputs) -> ad.Tensor:
