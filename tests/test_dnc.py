@@ -18,7 +18,7 @@ from minimem.memory.dnc import DNC, DNCConfig, DNCRecord, DNCState, param_shapes
 from minimem.memory.dnc_interface import (
     Interface, interface_autodiff, interface_backward, interface_forward, interface_layout, interface_size,
 )
-from minimem.nn.lstm import lstm_step_backward
+from minimem.nn.lstm import lstm_step_backward, lstm_step_forward
 
 TOL = 1e-12
 
@@ -88,9 +88,9 @@ def test_planted_bug_dropping_a_carried_gradient_is_caught(monkeypatch, drop):
     manual engine FAIL against central differences, while the autodiff engine stays ok."""
     real_step_backward = dnc_module.dnc_step_backward
 
-    def buggy(dy, dstate, cache, config, *options):
-        dstate_prev, grads = real_step_backward(dy, dstate, cache, config, *options)
-        return dstate_prev._replace(**{drop: np.zeros_like(getattr(dstate_prev, drop))}), grads
+    def buggy(*args, **kwargs):
+        dstate_prev, *rest = real_step_backward(*args, **kwargs)
+        return (dstate_prev._replace(**{drop: np.zeros_like(getattr(dstate_prev, drop))}), *rest)
 
     monkeypatch.setattr(dnc_module, "dnc_step_backward", buggy)
     case = CASES["dnc.paper.L1"]
@@ -100,6 +100,32 @@ def test_planted_bug_dropping_a_carried_gradient_is_caught(monkeypatch, drop):
     assert all(r.verdict == "FAIL" for r in engines["manual"])
     assert all(r.ok for r in engines["autodiff"])
     assert not all(r.ok for r in engines["manual~autodiff"])
+
+
+@pytest.mark.parametrize("plant", ["dc_prev", "dz_forget"])
+def test_planted_wrong_lstm_backward_is_caught(monkeypatch, plant):
+    """A wrong LSTM cell backward inside the DNC's controller (the carried cell gradient dropped, or
+    the forget gate's block of dz zeroed, which also feeds the hoisted weight gradients) must make
+    the manual engine FAIL against central differences on the controller weights, on a two-layer
+    controller, while the autodiff engine stays ok."""
+    real = dnc_module.lstm_feedback_step_backward
+
+    def wrong(dh, dc, cache, split):
+        du, dh_prev, dc_prev, dz = real(dh, dc, cache, split)
+        if plant == "dc_prev":
+            return du, dh_prev, np.zeros_like(dc_prev), dz
+        H = dh.shape[1]
+        dz = dz.copy()
+        dz[:, H:2 * H] = 0.0
+        return du, dh_prev, dc_prev, dz
+
+    monkeypatch.setattr(dnc_module, "lstm_feedback_step_backward", wrong)
+    case = CASES["dnc.paper.L2"]
+    rows, ok = check_model(case, mode="fast", tensors=["controller.layer0.W_h", "controller.layer1.b"])
+    assert not ok
+    engines = _rows_by_engine(rows)
+    assert all(r.verdict == "FAIL" for r in engines["manual"])
+    assert all(r.ok for r in engines["autodiff"])
 
 
 def test_deepmind_mode_drops_exactly_the_usage_write_term():
@@ -119,13 +145,13 @@ def test_deepmind_mode_drops_exactly_the_usage_write_term():
 def _recording_lstm_backward(monkeypatch):
     """Patch the LSTM cell backward the DNC calls so that every dh (B, H) it receives is recorded."""
     seen = []
-    real = dnc_module.lstm_step_backward
+    real = dnc_module.lstm_feedback_step_backward
 
-    def recording(dh, dc, cache):
+    def recording(dh, dc, cache, split):
         seen.append(dh.copy())
-        return real(dh, dc, cache)
+        return real(dh, dc, cache, split)
 
-    monkeypatch.setattr(dnc_module, "lstm_step_backward", recording)
+    monkeypatch.setattr(dnc_module, "lstm_feedback_step_backward", recording)
     return seen
 
 
@@ -177,8 +203,10 @@ def test_controller_grad_clip_bounds_large_gradients(monkeypatch):
 
 
 def test_controller_grad_clip_equals_clipping_dh_by_hand_on_one_step(monkeypatch):
-    """T = 1, one layer: the clipped backward is exactly lstm_step_backward(clip(dh, -c, c), 0),
-    and the maps after the controller (interface, output, read_out) keep their exact gradients."""
+    """T = 1, one layer: the clipped backward is lstm_step_backward(clip(dh, -c, c), 0) of the plain
+    LSTM step on chi_0 = [x_0; r_{-1}] (to rounding: the DNC splits eq. (1) into x_t's hoisted share
+    and the rest), and the maps after the controller (interface, output, read_out) keep their exact
+    gradients."""
     seen = _recording_lstm_backward(monkeypatch)
     model, cache, dys = _clip_setup(layers=1, T=1)
     grads = model.backward(dys, cache)
@@ -187,10 +215,16 @@ def test_controller_grad_clip_equals_clipping_dh_by_hand_on_one_step(monkeypatch
     model.controller_grad_clip = c
     grads_clipped = model.backward(dys, cache)
     np.testing.assert_array_equal(seen[1], np.clip(dh, -c, c))
-    _, _, _, expected = lstm_step_backward(np.clip(dh, -c, c), np.zeros_like(dh),
-                                           cache.steps[0].controller.layers[0])
+    state0 = cache.state0
+    chi = np.concatenate([cache.xs[0], state0.r.reshape(2, -1)], axis=1)
+    (h, _), plain = lstm_step_forward(chi, state0.h[0], state0.c[0],
+                                      {name: model.params[f"controller.layer0.{name}"] for name in ("W_x", "W_h", "b")})
+    np.testing.assert_allclose(cache.final_state.h[0], h, rtol=1e-13, atol=1e-15)
+    _, _, _, expected = lstm_step_backward(np.clip(dh, -c, c), np.zeros_like(dh), plain)
     for name, value in expected.items():
-        np.testing.assert_array_equal(grads_clipped[f"controller.layer0.{name}"], value)
+        np.testing.assert_allclose(grads_clipped[f"controller.layer0.{name}"], value, rtol=1e-12, atol=1e-14,
+                                   err_msg=name)
+    assert not np.allclose(grads_clipped["controller.layer0.W_x"], grads["controller.layer0.W_x"], rtol=1e-6)
     for name in ("interface.W", "interface.b", "output.W", "output.b", "read_out.W"):
         np.testing.assert_array_equal(grads_clipped[name], grads[name])
 

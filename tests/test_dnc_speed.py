@@ -1,8 +1,10 @@
 """The DNC speed work (issue 11) rewrote some memory primitives to make fewer temporaries and calls
 and keeps the T link matrices of a sequence in one (T, B, N, N) array; these tests pin that each
 rewrite computes exactly (bit for bit) what the plain one-line formula of its docstring computes, in
-float64 and float32, so a later "simplification" cannot drift silently. (Gradients against finite
-differences are checked in test_linkage / test_allocation / test_ntm / test_dnc.)"""
+float64 and float32, so a later "simplification" cannot drift silently. The controller's eq. (1) is
+split around the time loop (x_t's share before it, y_t and the weight gradients after it); the last
+tests pin that split against the per-step autodiff twin. (Gradients against finite differences are
+checked in test_linkage / test_allocation / test_ntm / test_dnc.)"""
 
 import numpy as np
 import pytest
@@ -144,3 +146,51 @@ def test_dnc_forward_keeps_its_links_in_one_array_with_unchanged_results():
         ys_steps.append(y)
         np.testing.assert_array_equal(state.L, links[t])
     np.testing.assert_array_equal(ys, np.stack(ys_steps))
+
+
+# ----------------------------------------------------------------- the hoisted controller and outputs
+@pytest.mark.parametrize("layers, clip, usage_write_grad", [(1, None, True), (2, 0.3, False), (3, None, True)])
+def test_hoisted_engine_equals_the_per_step_autodiff_twin(layers, clip, usage_write_grad):
+    """dnc_forward / dnc_backward form x_t's share of every controller layer's eq. (1) before the
+    time loop, y_t after it and every weight gradient after BPTT's loop (one product each); the
+    autodiff twin keeps the plain per-step formulas. Both agree to rounding on a deep, clipped,
+    deepmind-mode model from a random state."""
+    from gradcheck.cases.dnc import random_state
+    from minimem import autodiff as ad
+    from minimem.memory import dnc as D
+    config = D.DNCConfig(X=3, Y=4, N=6, W=4, R=2, H=5, layers=layers, clip=clip, usage_write_grad=usage_write_grad)
+    rng = np.random.default_rng(11)
+    model = D.DNC(config, rng)
+    xs = 2.0 * rng.standard_normal((5, 3, 3))
+    state0 = random_state(rng, config, 3)
+    ys, cache = model.forward(xs, state0)
+    dys = rng.standard_normal(ys.shape)
+    grads, dstate0 = model.backward_with_state(dys, cache)
+    tparams = {k: ad.Tensor(v.copy(), requires_grad=True) for k, v in model.params.items()}
+    ys_t = D.dnc_autodiff(tparams, xs, config, state0, cache.record)
+    np.testing.assert_allclose(ys_t.data, ys, rtol=1e-12, atol=1e-14)
+    (ys_t * dys).sum().backward()
+    assert list(grads) == list(model.params)
+    for name in model.params:
+        assert grads[name].shape == model.params[name].shape, name
+        scale = np.max(np.abs(tparams[name].grad))
+        assert scale > 0 and np.max(np.abs(grads[name] - tparams[name].grad)) <= 1e-11 * scale, name
+    if clip is not None:                                          # the deepmind clip is active somewhere
+        assert any(not np.all(m) for step in cache.steps for pair in step.controller.masks for m in pair)
+
+
+def test_dnc_forward_output_rows_and_dtypes():
+    """cache.hr holds [h_t; r_t] of every step (steps 3 and 17 run after the loop from it); ys and
+    every gradient keep the model's dtype in float32."""
+    from minimem.memory import dnc as D
+    config = D.DNCConfig(X=3, Y=2, N=5, W=4, R=2, H=6, layers=2, dtype="float32")
+    model = D.DNC(config, np.random.default_rng(8))
+    xs = np.random.default_rng(9).standard_normal((4, 2, 3)).astype(np.float32)
+    ys, cache = model.forward(xs)
+    assert ys.dtype == np.float32 and cache.hr.shape == (4, 2, 2 * 6 + 2 * 4)
+    for t, state in enumerate(cache.states):
+        np.testing.assert_array_equal(cache.hr[t, :, :6], state.h[0])
+        np.testing.assert_array_equal(cache.hr[t, :, 6:12], state.h[1])
+        np.testing.assert_array_equal(cache.hr[t, :, 12:], state.r.reshape(2, 8))
+    grads = model.backward(np.ones_like(ys), cache)
+    assert all(g.dtype == np.float32 for g in grads.values())

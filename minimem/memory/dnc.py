@@ -55,8 +55,13 @@ and 1/K threshold mask.
 
 Engines: DNC.forward / DNC.backward (hand-derived BPTT, vectorised over batch and heads, looping
 over time and layers only) and DNC.forward_autodiff (the same equations with the primitives'
-autodiff twins). forward(xs, state) carries a DNCState, so T steps at once equal T/2 + T/2 with the
-final state passed on; backward_with_state chains gradients across such chunks.
+autodiff twins). The manual engine's time loop keeps only what feeds back: x_t's share of every
+controller layer's eq. (1) is one product over all T before it (minimem.nn.lstm's lstm_feedback_*
+functions, each layer reading [x_t; u^l_t] with u^0_t = r_{t-1}, u^l_t = [r_{t-1}; h^{l-1}_t]), steps 3
+(v_t) and 17 are one product y_t = [h_t; r_t] @ [output.W; read_out.W] + output.b over all (T, B) rows
+after it, and BPTT forms every weight gradient after its loop, one product per weight.
+forward(xs, state) carries a DNCState, so T steps at once equal T/2 + T/2 with the final state
+passed on; backward_with_state chains gradients across such chunks.
 """
 
 from __future__ import annotations
@@ -74,10 +79,12 @@ from minimem.memory.dnc_interface import (
 )
 from minimem.memory.sparse_link import DEFAULT_K, SparseLinkChoice, check_link_K
 from minimem.nn.linear import (
-    as_float_array, check_finite, check_params, linear_autodiff, linear_backward, linear_forward, linear_init,
-    strip_prefix, with_prefix,
+    as_float_array, check_finite, check_params, linear_autodiff, linear_init, strip_prefix, with_prefix,
 )
-from minimem.nn.lstm import lstm_init, lstm_step_autodiff, lstm_step_backward, lstm_step_forward
+from minimem.nn.lstm import (
+    lstm_external_share, lstm_feedback_params, lstm_feedback_step_backward, lstm_feedback_step_forward,
+    lstm_feedback_weight_gradients, lstm_init, lstm_step_autodiff,
+)
 
 
 # ----------------------------------------------------------------- configuration
@@ -272,32 +279,63 @@ def _check_frozen(frozen, config: DNCConfig, T: int, B: int, N: int) -> None:
                          f"(usage_write_grad=False); got {np.shape(frozen.usage_w_w)}")
 
 
-# ----------------------------------------------------------------- controller, B.3 step 2
-class ControllerCache(NamedTuple):
-    layers: tuple        # one LSTMStepCache per layer
-    masks: tuple         # per layer (|h| <= clip, |s| <= clip) boolean (B, H) pairs; () without clip
+# ----------------------------------------------------------------- the parameters arranged for the manual engine
+# Every controller layer reads [x_t; u^l_t] with u^0_t = r_{t-1} and u^l_t = [r_{t-1}; h^{l-1}_t] for
+# l >= 1 (the rows of W_x after the first X are in this order): x_t is known before the time loop, so
+# its share of each layer's eq. (1) is one product over all T (lstm_external_share), and the loop forms
+# one product [u^l_t; h^l_{t-1}] @ [W_x[X:]; W_h] per layer and step (minimem.nn.lstm's lstm_feedback_*).
+# y_t (step 17, with v_t of step 3) feeds nothing back: it is one product over all (T, B) rows
+# [h_t; r_t] after the loop, and every weight gradient is one product over all steps after BPTT's loop.
+class DNCWeights(NamedTuple):
+    """The parameters arranged once per sequence (dnc_weights)."""
+    lstm: tuple               # per layer l, the LSTMFeedbackParams of controller.layer{l}.* (X = config.X)
+    interface_W: np.ndarray   # (L*H, I)
+    interface_b: np.ndarray   # (I,)
+    out_W: np.ndarray         # (L*H + R*W, Y) the row stack [output.W; read_out.W]
+    out_b: np.ndarray         # (Y,) output.b: y_t = [h_t; r_t] @ out_W + out_b (steps 3 and 17)
 
 
 def _layer_params(params: Mapping, l: int) -> dict:
     return strip_prefix(f"controller.layer{l}", params)
 
 
-def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, params: Mapping,
-                            layers: int, clip: float | None = None):
-    """Deep LSTM with skip connections from the input, spec B.3 step 2.
+def dnc_weights(params: Mapping, config: DNCConfig) -> DNCWeights:
+    """The manual engine's arrangement of `params` (no validation: DNC.forward does that)."""
+    lstm = tuple(lstm_feedback_params(_layer_params(params, l), config.X) for l in range(config.layers))
+    out_W = np.concatenate([params["output.W"], params["read_out.W"]], axis=0)
+    return DNCWeights(lstm, params["interface.W"], params["interface.b"], out_W, params["output.b"])
+
+
+# ----------------------------------------------------------------- controller, B.3 step 2
+class ControllerCache(NamedTuple):
+    layers: tuple        # one LSTMFeedbackCache per layer
+    masks: tuple         # per layer (|h| <= clip, |s| <= clip) boolean (B, H) pairs; () without clip
+
+
+def controller_external_shares(xs: np.ndarray, weights: DNCWeights) -> list:
+    """x_t's share x_t W_x[:X] + b of every layer's eq. (1) for all steps at once: a list of L
+    arrays (T, B, 4H), sign-scaled for lstm_feedback_step_forward (before the time loop)."""
+    return [lstm_external_share(xs, split) for split in weights.lstm]
+
+
+def controller_step_forward(z_ext, r_prev: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray,
+                            lstm: tuple, clip: float | None = None):
+    """Deep LSTM with skip connections from the input, spec B.3 step 2 (chi_t = [x_t; r_{t-1}], step 1,
+    enters as x_t's hoisted share and r_{t-1}).
 
     Args:
-        chi: (B, X + RW) controller input chi_t.
+        z_ext: per layer, x_t's share (B, 4H) of eq. (1) (controller_external_shares(xs)[l][t]).
+        r_prev: (B, R*W) the read vectors r_{t-1}, head after head.
         h_prev, c_prev: (layers, B, H) outputs and cell states of step t-1.
-        params: the model's params (the `controller.layer{l}.*` entries are used).
-        layers: L. clip: None, or the bound applied to each layer's new h and s (deepmind/dnc).
+        lstm: per layer, its LSTMFeedbackParams (DNCWeights.lstm).
+        clip: None, or the bound applied to each layer's new h and s (deepmind/dnc).
     Returns:
         h, c: (layers, B, H) the new outputs and cell states, and the ControllerCache.
     """
     hs, cs, caches, masks = [], [], [], []
-    for l in range(layers):
-        layer_input = chi if l == 0 else np.concatenate([chi, hs[-1]], axis=1)   # (B, X+RW [+H])
-        (h, c), cache = lstm_step_forward(layer_input, h_prev[l], c_prev[l], _layer_params(params, l))
+    for l, split in enumerate(lstm):
+        u = r_prev if l == 0 else np.concatenate([r_prev, hs[-1]], axis=1)      # (B, RW [+H])
+        (h, c), cache = lstm_feedback_step_forward(z_ext[l], u, h_prev[l], c_prev[l], split)
         if clip is not None:
             masks.append((np.abs(h) <= clip, np.abs(c) <= clip))
             h, c = np.clip(h, -clip, clip), np.clip(c, -clip, clip)
@@ -307,107 +345,124 @@ def controller_step_forward(chi: np.ndarray, h_prev: np.ndarray, c_prev: np.ndar
     return np.stack(hs), np.stack(cs), ControllerCache(tuple(caches), tuple(masks))   # (layers, B, H)
 
 
-def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache: ControllerCache, chi_width: int,
-                             grad_clip: float | None = None):
-    """Adjoint of controller_step_forward (with grad_clip, a training surrogate of it).
+def controller_step_backward(dh: np.ndarray, dc: np.ndarray, cache: ControllerCache, lstm: tuple,
+                             grad_clip: float | None = None, dz_out: np.ndarray | None = None):
+    """Adjoint of controller_step_forward (with grad_clip, a training surrogate of it), without the
+    weight gradients: they are formed after BPTT's loop from the returned dz (dnc_backward).
 
     Args:
         dh: (layers, B, H) gradient w.r.t. each layer's output h^l_t from this step's output maps
             and from step t+1 (the gradient from the layer above at this step is added here).
         dc: (layers, B, H) gradient w.r.t. s^l_t carried from step t+1.
-        chi_width: X + RW, to split each layer's input gradient into chi_t and h^{l-1}_t.
+        lstm: per layer, the LSTMFeedbackParams of the forward.
         grad_clip: None, or c > 0: each layer's whole gradient w.r.t. h^l_t (dh[l] plus the layer
             above's) is clipped elementwise to [-c, c] before the cell's backward [B.4, B.10.8].
+        dz_out: optional (layers, B, 4H) array to receive each layer's dz; None: a new array.
     Returns:
-        dchi (B, X + RW), dh_prev and dc_prev (layers, B, H), and the controller's parameter
-        gradients (names `controller.layer{l}.*`).
+        dr_prev (B, R*W) (the gradient w.r.t. r_{t-1} through every layer's input; x_t's is not
+        needed), dh_prev and dc_prev (layers, B, H), dz (layers, B, 4H) each layer's eq. (1) gradient.
     """
+    L, B, H = dh.shape
     dh_prev, dc_prev = np.empty_like(dh), np.empty_like(dc)
-    dchi, dh_from_above, grads = 0.0, 0.0, {}
-    for l in reversed(range(len(cache.layers))):
+    dz = np.empty((L, B, 4 * H), dtype=np.result_type(dh, dc, cache.layers[0].gates)) if dz_out is None else dz_out
+    RW = lstm[0].U
+    dr, dh_from_above = 0.0, 0.0
+    for l in reversed(range(L)):
         dh_l, dc_l = dh[l] + dh_from_above, dc[l]
         if grad_clip is not None:                                # the paper's training-time clip
             dh_l = np.clip(dh_l, -grad_clip, grad_clip)
         if cache.masks:                                          # the clip passes gradient inside
             dh_l, dc_l = dh_l * cache.masks[l][0], dc_l * cache.masks[l][1]
-        dinput, dh_prev[l], dc_prev[l], layer_grads = lstm_step_backward(dh_l, dc_l, cache.layers[l])
-        dchi = dchi + dinput[:, :chi_width]                      # every layer sees chi_t
-        dh_from_above = dinput[:, chi_width:]                    # (B, H) to layer l-1 (empty at l = 0)
-        grads.update(with_prefix(f"controller.layer{l}", layer_grads))
-    return dchi, dh_prev, dc_prev, grads
+        du, dh_prev[l], dc_prev[l], dz[l] = lstm_feedback_step_backward(dh_l, dc_l, cache.layers[l], lstm[l])
+        dr = dr + du[:, :RW]                                     # every layer sees r_{t-1}
+        dh_from_above = du[:, RW:]                               # (B, H) to layer l-1 (empty at l = 0)
+    return dr, dh_prev, dc_prev, dz
 
 
-# ----------------------------------------------------------------- one time step, B.3 steps 1-17
+# ----------------------------------------------------------------- one time step, B.3 steps 1-16
 class DNCStepCache(NamedTuple):
     controller: ControllerCache   # step 2
-    output: object                # step 3, LinearCache of v_t
-    interface_linear: object      # step 3, LinearCache of xi_t
     interface: object             # step 4, InterfaceCache
     access: object                # steps 5-16, AccessCache
-    read_out: object              # step 17, LinearCache of the read vectors' term
+
+
+def _step_forward(z_ext, state: DNCState, weights: DNCWeights, config: DNCConfig, hr: np.ndarray,
+                  phi=None, usage_w_w=None, link_choice=None, link_out=None):
+    """Steps 1-16 of one step (17 is left to the caller): writes [h_t; r_t] into the row block hr
+    (B, L*H + R*W) and returns the DNCState at t and the DNCStepCache. Arguments as dnc_step_forward."""
+    B, R, W = state.r.shape
+    h, c, c_controller = controller_step_forward(z_ext, state.r.reshape(B, R * W), state.h, state.c,
+                                                 weights.lstm, config.clip)             # 1.-2. (layers, B, H)
+    h_cat = h[0] if config.layers == 1 else np.concatenate(list(h), axis=1)             # (B, L*H)
+    xi = h_cat @ weights.interface_W                                                    # 3. (B, I)
+    xi += weights.interface_b
+    iface, c_interface = interface_forward(xi, R, W, config.strengths)                  # 4.
+    link_K = config.link_K if config.link == "sparse" else None
+    memory, c_access = access_forward(state.memory, iface, config.usage_write_grad,
+                                      config.eps_a, phi, usage_w_w, link_K, link_choice,
+                                      link_out)                                         # 5.-16.
+    LH = h_cat.shape[1]
+    hr[:, :LH], hr[:, LH:] = h_cat, memory.r.reshape(B, R * W)                          # 3., 17. after the loop
+    return DNCState(*memory, h, c), DNCStepCache(c_controller, c_interface, c_access)
+
+
+def _state_dtype(xs: np.ndarray, state: DNCState, params: Mapping) -> np.dtype:
+    return np.result_type(xs, *state, *params.values())
 
 
 def dnc_step_forward(x: np.ndarray, state: DNCState, params: Mapping, config: DNCConfig,
                      phi: np.ndarray | None = None, usage_w_w: np.ndarray | None = None,
                      link_choice: SparseLinkChoice | None = None, link_out: np.ndarray | None = None):
-    """One DNC step, spec B.3 steps 1-17.
+    """One DNC step alone, spec B.3 steps 1-17 (to run a DNC online; dnc_forward does the same work
+    with x_t's share and step 17 hoisted out of its time loop, and returns what BPTT needs).
 
     Args:
         x: (B, X) input x_t. state: DNCState at t-1. params: the model's params.
         phi: (B, N) int free list to replay (None: sort). usage_w_w: (B, N) recorded w^w_{t-1} for
             the usage update (deepmind mode replay; None: state.w_w). link_choice: the sparse
             link's choices to replay (link="sparse" only; None: choose afresh).
-        link_out: optional (B, N, N) array to hold the new dense link matrix L_t (dnc_forward
-            passes one slice of a (T, B, N, N) array); None: a new array.
+        link_out: optional (B, N, N) array to hold the new dense link matrix L_t; None: a new array.
     Returns:
         y: (B, Y) output, the DNCState at t, and the DNCStepCache.
     """
-    B, R, W = x.shape[0], config.R, config.W
-    chi = np.concatenate([x, state.r.reshape(B, R * W)], axis=1)                       # 1. (B, X + RW)
-    h, c, c_controller = controller_step_forward(chi, state.h, state.c, params,
-                                                 config.layers, config.clip)            # 2. (layers, B, H)
-    h_cat = np.concatenate(list(h), axis=1)                                             # (B, L*H)
-    v, c_output = linear_forward(h_cat, params["output.W"], params["output.b"])         # 3. (B, Y)
-    xi, c_xi = linear_forward(h_cat, params["interface.W"], params["interface.b"])      # 3. (B, I)
-    iface, c_interface = interface_forward(xi, R, W, config.strengths)                  # 4.
-    link_K = config.link_K if config.link == "sparse" else None
-    memory, c_access = access_forward(state.memory, iface, config.usage_write_grad,
-                                      config.eps_a, phi, usage_w_w, link_K, link_choice,
-                                      link_out)                                         # 5.-16.
-    read_term, c_read_out = linear_forward(memory.r.reshape(B, R * W), params["read_out.W"])  # 17. (B, Y)
-    y = v + read_term
-    cache = DNCStepCache(c_controller, c_output, c_xi, c_interface, c_access, c_read_out)
-    return y, DNCState(*memory, h, c), cache
+    weights = dnc_weights(params, config)
+    hr = np.empty((x.shape[0], weights.out_W.shape[0]), dtype=_state_dtype(x, state, params))
+    z_ext = [z[0] for z in controller_external_shares(x[None], weights)]
+    state, cache = _step_forward(z_ext, state, weights, config, hr, phi, usage_w_w, link_choice, link_out)
+    y = hr @ weights.out_W                                                              # 17. (B, Y)
+    y += weights.out_b
+    return y, state, cache
 
 
-def dnc_step_backward(dy: np.ndarray, dstate: DNCState, cache: DNCStepCache, config: DNCConfig,
-                      controller_grad_clip: float | None = None):
-    """Adjoint of dnc_step_forward.
+def dnc_step_backward(dhr: np.ndarray, dstate: DNCState, cache: DNCStepCache, weights: DNCWeights,
+                      config: DNCConfig, controller_grad_clip: float | None = None,
+                      dz_out: np.ndarray | None = None):
+    """Adjoint of steps 1-16 of one step, without the weight gradients (dnc_backward forms them
+    after its loop from the returned dxi and dz).
 
     Args:
-        dy: (B, Y) this step's loss gradient w.r.t. y_t (from outside).
+        dhr: (B, L*H + R*W) this step's gradient w.r.t. [h_t; r_t] from y_t (steps 3 and 17, formed
+            for every step at once before the loop).
         dstate: DNCState of gradients w.r.t. the state at t, carried from step t+1 (zeros at t = T).
+        weights: the DNCWeights of the forward (DNCCache.weights).
         controller_grad_clip: None, or c: clip the gradients w.r.t. the controller outputs h^l_t
             to [-c, c] (controller_step_backward; a training option, off for gradient checks).
+        dz_out: optional (layers, B, 4H) array to receive the controller's dz.
     Returns:
-        dstate_prev (gradients w.r.t. the state at t-1, to carry to step t-1) and this step's
-        parameter gradients (a dict with the params' names).
+        dstate_prev (gradients w.r.t. the state at t-1, to carry to step t-1), dxi (B, I) the
+        gradient w.r.t. the interface vector, dz (layers, B, 4H) each controller layer's eq. (1) gradient.
     """
-    B, layers, H = dy.shape[0], config.layers, config.H
-    dr_flat, dW_r, _ = linear_backward(dy, cache.read_out)                             # 17.
-    dmemory = dstate.memory._replace(r=dstate.r + dr_flat.reshape(dstate.r.shape))
+    B, R, W = dstate.r.shape
+    LH = config.layers * config.H
+    dmemory = dstate.memory._replace(r=dstate.r + dhr[:, LH:].reshape(B, R, W))          # 17.
     dmemory_prev, dinterface = access_backward(dmemory, cache.access)                 # 16.-5.
     dxi = interface_backward(dinterface, cache.interface)                              # 4.
-    dh_xi, dW_xi, db_xi = linear_backward(dxi, cache.interface_linear)                 # 3.
-    dh_v, dW_y, db_y = linear_backward(dy, cache.output)                               # 3.
-    dh = (dh_xi + dh_v).reshape(B, layers, H).transpose(1, 0, 2) + dstate.h           # (layers, B, H)
-    chi_width = config.X + config.R * config.W
-    dchi, dh_prev, dc_prev, grads = controller_step_backward(dh, dstate.c, cache.controller, chi_width,
-                                                             controller_grad_clip)                   # 2.
-    dr_prev = dchi[:, config.X:].reshape(B, config.R, config.W)                        # 1.
-    grads.update({"interface.W": dW_xi, "interface.b": db_xi, "output.W": dW_y, "output.b": db_y,
-                  "read_out.W": dW_r})
-    return DNCState(*dmemory_prev[:6], dr_prev, dh_prev, dc_prev), grads
+    dh = dxi @ weights.interface_W.T                                                   # 3. (B, L*H)
+    dh += dhr[:, :LH]                                                                  # 3. v_t
+    dh = dh.reshape(B, config.layers, config.H).transpose(1, 0, 2) + dstate.h          # (layers, B, H)
+    dr_prev, dh_prev, dc_prev, dz = controller_step_backward(dh, dstate.c, cache.controller, weights.lstm,
+                                                             controller_grad_clip, dz_out)             # 2.
+    return DNCState(*dmemory_prev[:6], dr_prev.reshape(B, R, W), dh_prev, dc_prev), dxi, dz       # 1.
 
 
 # ----------------------------------------------------------------- a sequence, BPTT
@@ -418,6 +473,8 @@ class DNCCache(NamedTuple):
     steps: list              # T DNCStepCache
     states: list             # T DNCState: the state after each step (states[-1] is the final state)
     record: DNCRecord        # free lists and usage write weights, to replay with frozen=
+    weights: DNCWeights      # the parameters as the forward arranged them
+    hr: np.ndarray           # (T, B, L*H + R*W) the rows [h_t; r_t] of steps 3 and 17
 
     @property
     def final_state(self) -> DNCState:
@@ -427,6 +484,9 @@ class DNCCache(NamedTuple):
 def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCState | None = None,
                 frozen: DNCRecord | None = None) -> tuple[np.ndarray, DNCCache]:
     """Run the DNC over a sequence (no validation of params: DNC.forward does that).
+
+    x_t's share of every controller layer's eq. (1) is one product before the time loop, and the
+    outputs y_t = [h_t; r_t] @ [output.W; read_out.W] + output.b one product after it.
 
     Args:
         params: the parameter dict. xs: (T, B, X) inputs. config: DNCConfig.
@@ -442,7 +502,9 @@ def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCSt
     if frozen is not None:
         _check_frozen(frozen, config, T, B, state.M.shape[1])
     replay_usage = frozen is not None and not config.usage_write_grad
-    ys = np.empty((T, B, config.Y), dtype=np.result_type(xs, params["output.W"]))
+    weights = dnc_weights(params, config)
+    z_ext = controller_external_shares(xs, weights)                                    # 1.-2., x_t's share
+    hr = np.empty((T, B, weights.out_W.shape[0]), dtype=_state_dtype(xs, state, params))
     # The T dense link matrices L_1..L_T (all kept for BPTT) live in one (T, B, N, N) array. Made
     # as T separate (B, N, N) arrays they were handed back to the system by the C allocator at the
     # end of every training step and page-faulted back in by the next (about 2,700 faults per step
@@ -454,16 +516,18 @@ def dnc_forward(params: Mapping, xs: np.ndarray, config: DNCConfig, state: DNCSt
     for t in range(T):
         phi = None if frozen is None else frozen.phi[t]
         usage_w_w = frozen.usage_w_w[t] if replay_usage else None
-        ys[t], state, step = dnc_step_forward(xs[t], state, params, config, phi, usage_w_w,
-                                              _link_choice(frozen, t, config),
-                                              None if links is None else links[t])
+        state, step = _step_forward([z[t] for z in z_ext], state, weights, config, hr[t], phi, usage_w_w,
+                                    _link_choice(frozen, t, config), None if links is None else links[t])
         steps.append(step)
         states.append(state)
+    ys = hr.reshape(T * B, -1) @ weights.out_W                                         # 17. all t at once
+    ys += weights.out_b
+    ys = ys.reshape(T, B, -1).astype(np.result_type(xs, params["output.W"]), copy=False)
     record = DNCRecord(np.stack([s.access.phi for s in steps]), np.stack([s.access.usage_w_w for s in steps]))
     if config.link == "sparse":
         choices = [np.stack([s.access.link.choice[k] for s in steps]) for k in range(3)]   # top_w, top_p, keep
         record = DNCSparseLinkRecord(*record, *choices)
-    return ys, DNCCache(config, xs, state0, steps, states, record)
+    return ys, DNCCache(config, xs, state0, steps, states, record, weights, hr)
 
 
 def _link_choice(frozen, t: int, config: DNCConfig) -> SparseLinkChoice | None:
@@ -492,9 +556,12 @@ def dnc_backward(dys: np.ndarray, cache: DNCCache, dstate: DNCState | None = Non
     controller layer, dh and ds. dstate is the gradient w.r.t. the final state (from a later chunk
     of the sequence; None: zeros). controller_grad_clip: None (the exact gradient), or c > 0 to
     clip the gradient w.r.t. every controller output h^l_t to [-c, c] during BPTT [B.4, B.10.8].
+    Steps 3 and 17's share of y_t (which feeds nothing back) is one product over all t before the
+    loop; every weight gradient is one product over all (T, B) rows after it (the weights are
+    shared by every step; the sums equal the per-step sums up to rounding).
     Returns (grads keyed like the params, dstate0 = gradient w.r.t. the initial state).
     """
-    config = cache.config
+    config, weights = cache.config, cache.weights
     T, B = cache.xs.shape[:2]
     controller_grad_clip = check_controller_grad_clip(controller_grad_clip)
     dys = as_float_array("dys", dys)
@@ -503,11 +570,24 @@ def dnc_backward(dys: np.ndarray, cache: DNCCache, dstate: DNCState | None = Non
     check_finite("dys", dys)
     carry = DNCState(*(np.zeros_like(a) for a in cache.final_state)) if dstate is None \
         else _check_state(dstate, config, B, ranges=False)
-    grads = {name: np.zeros(shape, dtype=dys.dtype) for name, shape in param_shapes(config).items()}
+    L, H, LH = config.layers, config.H, config.layers * config.H
+    dtype = np.result_type(dys, cache.hr)
+    dys_flat, hr_flat = dys.reshape(T * B, config.Y), cache.hr.reshape(T * B, -1)
+    dHR = (dys_flat @ weights.out_W.T).reshape(T, B, -1)                               # 17., 3. v_t
+    dXI, dZ = np.empty((T, B, config.I), dtype=dtype), np.empty((L, T, B, 4 * H), dtype=dtype)
     for t in reversed(range(T)):
-        carry, step_grads = dnc_step_backward(dys[t], carry, cache.steps[t], config, controller_grad_clip)
-        for name, dparam in step_grads.items():
-            grads[name] += dparam                                  # weights are shared across steps
+        carry, dXI[t], _ = dnc_step_backward(dHR[t], carry, cache.steps[t], weights, config,
+                                             controller_grad_clip, dZ[:, t])
+    grads: dict[str, np.ndarray] = {}
+    for l, split in enumerate(weights.lstm):                                           # 2.
+        grads.update(with_prefix(f"controller.layer{l}", lstm_feedback_weight_gradients(
+            cache.xs, [step.controller.layers[l] for step in cache.steps], dZ[l], split)))
+    dXI_flat = dXI.reshape(T * B, config.I)
+    grads["interface.W"] = hr_flat[:, :LH].T @ dXI_flat                                # 3. xi_t
+    grads["interface.b"] = dXI_flat.sum(axis=0)
+    dW_out = hr_flat.T @ dys_flat                                                      # 3. v_t and 17.
+    grads["output.W"], grads["output.b"], grads["read_out.W"] = dW_out[:LH], dys_flat.sum(axis=0), dW_out[LH:]
+    grads = {name: grads[name].astype(dys.dtype, copy=False) for name in param_shapes(config)}
     return grads, carry
 
 
