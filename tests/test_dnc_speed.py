@@ -194,3 +194,105 @@ def test_dnc_forward_output_rows_and_dtypes():
         np.testing.assert_array_equal(cache.hr[t, :, 12:], state.r.reshape(2, 8))
     grads = model.backward(np.ones_like(ys), cache)
     assert all(g.dtype == np.float32 for g in grads.values())
+
+
+# ------------------------------------------------------------ issue 11, third round (BLAS outer products)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outer_product_is_the_broadcast_product_bit_for_bit(dtype):
+    """outer_product ([x, 0] @ [y; 0], a BLAS product) gives exactly x_i * y_j, with or without out=,
+    for one or two leading axes, including zeros, negative numbers and large/small magnitudes."""
+    from minimem.memory.addressing import outer_product
+    rng = np.random.default_rng(20)
+    for lead, n, m in [((3,), 7, 5), ((2, 3), 4, 6), ((1,), 1, 1)]:
+        x = (rng.standard_normal(lead + (n,)) * 10.0 ** rng.integers(-20, 20, lead + (n,))).astype(dtype)
+        y = (rng.standard_normal(lead + (m,)) * 10.0 ** rng.integers(-20, 20, lead + (m,))).astype(dtype)
+        x.flat[0] = 0.0
+        expected = x[..., :, None] * y[..., None, :]
+        got = outer_product(x, y)
+        assert got.dtype == dtype and got.shape == expected.shape
+        np.testing.assert_array_equal(got, expected)
+        out = np.full(expected.shape, np.nan, dtype)
+        assert outer_product(x, y, out=out) is out
+        np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_link_factor_is_the_broadcast_subtraction_bit_for_bit(dtype):
+    """The factor 1 - w_i - w_j as a BLAS product equals np.subtract(1 - w_i, w_j) exactly, also
+    where w_i + w_j rounds to more than 1 (the case link_forward's clamp exists for)."""
+    rng = np.random.default_rng(21)
+    w = simplex(rng, (4, 9), dtype)
+    w[0, :2] = np.array([0.7, 0.3 + 1e-7], dtype)                     # w_0 + w_1 > 1 by round-off size
+    expected = np.subtract(1.0 - w[:, :, None], w[:, None, :])
+    got = K._link_factor(w)
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_link_backward_in_place_equals_the_copying_default(dtype):
+    """overwrite_dL=True scales dL's own buffer into dL_prev; every gradient equals the default's."""
+    rng = np.random.default_rng(22)
+    B, N = 3, 6
+    L_prev = rng.uniform(0, 0.2, (B, N, N)).astype(dtype)
+    w_w, p_prev = simplex(rng, (B, N), dtype), simplex(rng, (B, N), dtype)
+    _, cache = K.link_forward(L_prev, w_w, p_prev)
+    dL = rng.standard_normal((B, N, N)).astype(dtype)
+    default = K.link_backward(dL, cache)
+    owned = dL.copy()
+    in_place = K.link_backward(owned, cache, overwrite_dL=True)
+    assert in_place[0] is owned
+    for mine, theirs in zip(in_place, default):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_one_head_write_forward_equals_the_one_line_formula(dtype):
+    rng = np.random.default_rng(23)
+    B, N, W = 2, 5, 4
+    M = rng.standard_normal((B, N, W)).astype(dtype)
+    w = simplex(rng, (B, 1, N), dtype)
+    e = rng.uniform(0, 1, (B, 1, W)).astype(dtype)
+    a = rng.standard_normal((B, 1, W)).astype(dtype)
+    M_new, cache = RW.write_forward(M, w, e, a)
+    assert cache.keep is None and M_new.dtype == dtype
+    expected = M * (1.0 - w[:, 0, :, None] * e[:, 0, None, :]) + w[:, 0, :, None] * a[:, 0, None, :]
+    np.testing.assert_array_equal(M_new, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_product_of_others_along_any_axis(dtype):
+    rng = np.random.default_rng(24)
+    q = rng.uniform(-1, 1, size=(3, 4, 5)).astype(dtype)
+    for axis in (0, 1, 2, -1):
+        moved = np.moveaxis(q, axis, 0)
+        expected = np.stack([np.prod(np.delete(moved, i, axis=0), axis=0) for i in range(moved.shape[0])])
+        np.testing.assert_allclose(A.product_of_others(q, axis), np.moveaxis(expected, 0, axis),
+                                   rtol=4 * np.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_row_dot_and_norm(dtype):
+    from minimem.memory import addressing as AD
+    rng = np.random.default_rng(25)
+    x, y = rng.standard_normal((3, 4, 7)).astype(dtype), rng.standard_normal((3, 1, 7)).astype(dtype)
+    got = AD.row_dot(x, y)
+    assert got.shape == (3, 4) and got.dtype == dtype
+    np.testing.assert_allclose(got, (x * y).sum(-1), rtol=0, atol=16 * np.finfo(dtype).eps)
+    np.testing.assert_array_equal(AD._norm(x), np.sqrt((x[..., None, :] @ x[..., :, None])[..., 0, 0]
+                                                       + AD.EPS_NORM))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_interface_sigmoid_matches_the_two_branch_form(dtype):
+    """The one-ufunc sigmoid (scipy's expit) keeps the dtype, saturates to exactly 0 and 1 without
+    warnings, and equals the two-branch form to a few ulp."""
+    from minimem.memory.dnc_interface import sigmoid
+    z = np.concatenate([np.linspace(-30, 30, 601), [-1000.0, 1000.0, 0.0]]).astype(dtype)
+    e = np.exp(-np.abs(z))
+    expected = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    with np.errstate(all="raise"):
+        got = sigmoid(z)
+    assert got.dtype == dtype
+    assert got[-3] == 0.0 and got[-2] == 1.0 and got[-1] == 0.5
+    np.testing.assert_allclose(got, expected, rtol=4 * np.finfo(dtype).eps, atol=0)

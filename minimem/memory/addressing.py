@@ -72,11 +72,36 @@ def _validate_weighting(name: str, w) -> None:
     _expect_ndim(name, w, 3, "(B, R, N)")
 
 
+if hasattr(np, "vecdot"):                    # NumPy >= 2.0: one ufunc, no (..., n) product array
+    def row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """sum_i x[..., i] y[..., i] over the last axis (x and y broadcast), = (x * y).sum(-1)."""
+        return np.vecdot(x, y)
+else:                                        # pragma: no cover (older NumPy)
+    def row_dot(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """sum_i x[..., i] y[..., i] over the last axis (x and y broadcast), = (x * y).sum(-1)."""
+        return np.einsum("...i,...i->...", x, y)
+
+
 def _norm(u: np.ndarray) -> np.ndarray:
-    """nrm(u) = sqrt(u.u + eps_n) over the last axis (spec section 0); the squares are summed by a
-    matrix product (one BLAS call) rather than by u * u and a reduction."""
-    squares = (u[..., None, :] @ u[..., :, None])[..., 0, 0]
-    return np.sqrt(squares + EPS_NORM)
+    """nrm(u) = sqrt(u.u + eps_n) over the last axis (spec section 0); the squares are summed by
+    row_dot (one call, no u * u array)."""
+    return np.sqrt(row_dot(u, u) + EPS_NORM)
+
+
+def outer_product(x: np.ndarray, y: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """x[..., :, None] * y[..., None, :] for x (..., n), y (..., m): (..., n, m) outer products.
+
+    Computed as one batched matrix product with an inner dimension of 2, [x, 0] @ [y; 0]: each entry
+    is x_i y_j + 0 * 0, the same rounded product as the broadcast multiply (bit-identical), but BLAS
+    writes the (n, m) blocks faster than NumPy's broadcasting loop (an inner dimension of 1 would
+    not go to BLAS). `out`, if given, must have the result's shape and dtype.
+    """
+    dtype = np.result_type(x, y)
+    left = np.zeros(x.shape + (2,), dtype)                             # (..., n, 2) = [x, 0]
+    left[..., 0] = x
+    right = np.zeros(y.shape[:-1] + (2, y.shape[-1]), dtype)           # (..., 2, m) = [y; 0]
+    right[..., 0, :] = y
+    return np.matmul(left, right, out=out)
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -147,7 +172,7 @@ def cosine_similarity_backward(dD: np.ndarray, cache: CosineCache) -> tuple[np.n
     if rows == "bnw":
         dk = along @ M                                                 # (B, R, W)
         if k.shape[1] == 1:                                            # one head: an outer product
-            dM = along[:, 0, :, None] * k[:, 0, None, :]               # (B, N, W)
+            dM = outer_product(along[:, 0], k[:, 0])                   # (B, N, W)
         else:
             dM = np.swapaxes(along, -1, -2) @ k                        # (B, N, W), summed over heads
         row_scale = (through_norms * n_k).sum(axis=1)                  # (B, N): sum over heads

@@ -41,6 +41,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.memory.addressing import row_dot
 
 ALLOCATION_EPS = 1e-6   # eps_a of spec B.3 step 7 (deepmind/dnc's usage floor)
 
@@ -98,12 +99,13 @@ def product_of_others(q: np.ndarray, axis: int) -> np.ndarray:
     """O[i] = prod_{j != i} q[j] along `axis` (of length K, the read heads).
 
     Division-free, so a factor that is exactly 0 gives the right answer (psi / q_i would be 0/0):
-    a (K, K - 1, ...) stack holds, in row i, every factor but q_i (in their order), and one product
-    over its second axis gives all K products at once (O(K^2) per element; K is a handful of heads).
+    a stack with a (K, K - 1) block in place of `axis` holds, in row i, every factor but q_i (in
+    their order), and one product over the K - 1 axis gives all K products at once (O(K^2) per
+    element; K is a handful of heads).
     """
-    q = np.moveaxis(q, axis, 0)                                  # a view: (K, ...)
-    others = q[_others_index(q.shape[0])].prod(axis=1)          # (K, ...): row i without q_i
-    return np.moveaxis(others, 0, axis)
+    axis = axis % q.ndim
+    stack = np.take(q, _others_index(q.shape[axis]), axis=axis)  # (..., K, K - 1, ...): row i without q_i
+    return stack.prod(axis=axis + 1)                             # (..., K, ...)
 
 
 @lru_cache(maxsize=16)
@@ -183,7 +185,7 @@ def retention_backward(dpsi: np.ndarray, cache: RetentionCache) -> tuple[np.ndar
     """
     free_gates, w_r_prev, q = cache
     dq = dpsi[:, None, :] * product_of_others(q, axis=1)         # (B, R, N)
-    dfree_gates = -(dq * w_r_prev).sum(axis=-1)                  # (B, R)
+    dfree_gates = -row_dot(dq, w_r_prev)                         # (B, R)
     dw_r_prev = -free_gates[..., None] * dq                      # (B, R, N)
     return dfree_gates, dw_r_prev
 
@@ -406,8 +408,8 @@ def write_weighting_backward(dw_w: np.ndarray, cache: WriteWeightingCache):
     dmix = g_w * dw_w                                              # (B, N)
     da = g_a * dmix
     dc_w = (1.0 - g_a) * dmix
-    dg_a = (dmix * (a - c_w)).sum(axis=-1, keepdims=True)         # (B, 1)
-    dg_w = (dw_w * mix).sum(axis=-1, keepdims=True)               # (B, 1)
+    dg_a = row_dot(dmix, a - c_w)[..., None]                      # (B, 1)
+    dg_w = row_dot(dw_w, mix)[..., None]                          # (B, 1)
     return da, dc_w, dg_a, dg_w
 
 

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.memory.addressing import outer_product, row_dot
 from minimem.memory.allocation import _real, _same_shape, _weighting
 
 READ_MODES = ("backward", "content", "forward")   # order of pi[..., k], spec B.10.3
@@ -68,7 +69,7 @@ def precedence_backward(dp: np.ndarray, cache: PrecedenceCache) -> tuple[np.ndar
     """Adjoint of the precedence update (spec B.4). Returns (dp_prev, dw_w), each (B, N)."""
     p_prev, w_w, write_total = cache
     dp_prev = (1.0 - write_total) * dp
-    dw_w = dp - np.sum(dp * p_prev, axis=-1, keepdims=True)      # every w_n also scales p_prev
+    dw_w = dp - row_dot(dp, p_prev)[..., None]                    # every w_n also scales p_prev
     return dp_prev, dw_w
 
 
@@ -96,6 +97,20 @@ def _zero_diagonal(L: np.ndarray) -> np.ndarray:
     return L
 
 
+def _link_factor(w_w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The (B, N, N) factor 1 - w_i - w_j of the link update, as (1 - w_i) * 1 + (-1) * w_j: one
+    batched matrix product [1 - w, -1] @ [1; w] with an inner dimension of 2. Both products are
+    exact, so each entry is the rounded (1 - w_i) - w_j, bit-identical to the broadcast subtraction
+    (which is slower: NumPy's broadcasting loop against BLAS writing the blocks)."""
+    left = np.empty(w_w.shape + (2,), w_w.dtype)                   # (B, N, 2) = [1 - w_i, -1]
+    np.subtract(1.0, w_w, out=left[..., 0])
+    left[..., 1] = -1.0
+    right = np.empty(w_w.shape[:-1] + (2, w_w.shape[-1]), w_w.dtype)   # (B, 2, N) = [1; w_j]
+    right[..., 0, :] = 1.0
+    right[..., 1, :] = w_w
+    return np.matmul(left, right, out=out)
+
+
 def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray,
                  out: np.ndarray | None = None) -> tuple[np.ndarray, LinkCache]:
     """Temporal link matrix L_t[i,j] = (1 - w_i - w_j) L_{t-1}[i,j] + w_i p_{t-1}[j], then L_t[i,i] = 0
@@ -120,16 +135,15 @@ def link_forward(L_prev: np.ndarray, w_w: np.ndarray, p_prev: np.ndarray,
         letters = "(B, N, N)" if w_w.ndim == 2 else "(B, H, N, N)"
         raise ValueError(f"L_prev must have shape {letters} = {w_w.shape + w_w.shape[-1:]}; "
                          f"got {L_prev.shape}")
-    w_i, w_j = w_w[..., :, None], w_w[..., None, :]              # (B, N, 1), (B, 1, N)
     if out is not None and out.shape != L_prev.shape:
         raise ValueError(f"out must have L_prev's shape {L_prev.shape}; got {out.shape}")
     dtype = np.result_type(L_prev, w_w, p_prev)
     L = out if out is not None and out.dtype == dtype else np.empty(L_prev.shape, dtype)
-    # L = (1 - w_i - w_j) L_prev + w_i p_j, built in one (B, N, N) array (the same operations in
-    # the same order as the one-line formula, without its three other (B, N, N) temporaries)
-    np.subtract(1.0 - w_i, w_j, out=L)                            # (B, N, N)
+    # L = (1 - w_i - w_j) L_prev + w_i p_j, built in L with one (B, N, N) temporary (the same
+    # roundings as the one-line formula; the factor and the outer product are BLAS products)
+    _link_factor(w_w.astype(dtype, copy=False), out=L)            # (B, N, N) 1 - w_i - w_j
     L *= L_prev
-    L += w_i * p_prev[..., None, :]
+    L += outer_product(w_w, p_prev)                               # + w_i p_j
     # w_i + w_j <= 1 in exact arithmetic, but under saturated gates it can exceed 1 by round-off and
     # leave entries like -1e-288: they are set to 0 (a change at round-off level; the backward is
     # that of the exact formula, which differs from the clamped one only at those round-off points).
@@ -145,18 +159,22 @@ def link_backward(dL: np.ndarray, cache: LinkCache,
         dL_prev[i,j] = (1 - w_i - w_j) G[i,j]
         dw_k = sum_j G[k,j] (p_{t-1}[j] - L_{t-1}[k,j]) - sum_i G[i,k] L_{t-1}[i,k]
         dp_{t-1}[j] = sum_i G[i,j] w_i
-    overwrite_dL=True lets the function zero dL's diagonal in place (for a caller that owns dL and
-    no longer needs it, as the DNC's BPTT does); by default dL is left untouched.
+    overwrite_dL=True lets the function zero dL's diagonal and scale it into dL_prev in place (for a
+    caller that owns dL and no longer needs it, as the DNC's BPTT does; dL_prev is then dL's
+    buffer); by default dL is left untouched.
     """
     L_prev, w_w, p_prev = cache
     G = _zero_diagonal(dL if overwrite_dL else np.array(dL, copy=True))     # (B, N, N)
-    w_i, w_j = w_w[..., :, None], w_w[..., None, :]                # (B, N, 1), (B, 1, N)
     dw_w = ((G @ p_prev[..., :, None])[..., 0]                     # (B, N): sum_j G[k,j] p[j]
-            - np.einsum("...kj,...kj->...k", G, L_prev)            # - sum_j G[k,j] L[k,j] (rows)
+            - row_dot(G, L_prev)                                   # - sum_j G[k,j] L[k,j] (rows)
             - np.einsum("...ik,...ik->...k", G, L_prev))           # - sum_i G[i,k] L[i,k] (columns)
     dp_prev = (w_w[..., None, :] @ G)[..., 0, :]                   # (B, N): sum_i w_i G[i,j]
-    dL_prev = (1.0 - w_i - w_j) * G                                # (B, N, N)
-    return dL_prev, dw_w, dp_prev
+    dtype = np.result_type(G, w_w)
+    if G.dtype == dtype:                                           # G is ours: scale it in place
+        dL_prev = np.multiply(G, _link_factor(w_w.astype(dtype, copy=False)), out=G)
+    else:
+        dL_prev = _link_factor(w_w.astype(dtype, copy=False)) * G
+    return dL_prev, dw_w, dp_prev                                  # dL_prev = (1 - w_i - w_j) G
 
 
 def link_autodiff(L_prev, w_w, p_prev) -> ad.Tensor:
@@ -269,8 +287,7 @@ def read_weighting_backward(dw_r: np.ndarray, cache: ReadWeightingCache):
     db = pi[..., MODE_BACKWARD, None] * dw_r
     dc = pi[..., MODE_CONTENT, None] * dw_r
     df = pi[..., MODE_FORWARD, None] * dw_r
-    dpi = np.stack([np.sum(b * dw_r, axis=-1), np.sum(c * dw_r, axis=-1),
-                    np.sum(f * dw_r, axis=-1)], axis=-1)           # (B, R, 3) in mode order
+    dpi = np.stack([row_dot(b, dw_r), row_dot(c, dw_r), row_dot(f, dw_r)], axis=-1)  # (B, R, 3), mode order
     return db, dc, df, dpi
 
 

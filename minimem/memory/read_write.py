@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
-from minimem.memory.addressing import _expect_ndim, _expect_shape
+from minimem.memory.addressing import _expect_ndim, _expect_shape, outer_product
 
 
 # ----------------------------------------------------------------- read, eq. (2)
@@ -123,11 +123,12 @@ def write_forward(M: np.ndarray, w: np.ndarray, e: np.ndarray, a: np.ndarray) ->
     if w.shape[1] == 1 and np.result_type(w, e) == np.result_type(M, w, e, a):
         # One write head (the DNC): no product over heads and, as keep is not cached, one (B, N, W)
         # buffer turned in place into 1 - w e^T, then M * (1 - w e^T), then + w a^T (the same
-        # operations in the same order as the general branch, without its temporaries).
-        M_new = w[:, 0, :, None] * e[:, 0, None, :]                     # (B, N, W) w e^T
+        # roundings as the general branch, without its temporaries); the outer products w e^T and
+        # w a^T are BLAS products (bit-identical to broadcasting, see outer_product).
+        M_new = outer_product(w[:, 0], e[:, 0])                         # (B, N, W) w e^T
         np.subtract(1.0, M_new, out=M_new)                              # keep
         M_new *= M
-        M_new += w[:, 0, :, None] * a[:, 0, None, :]                    # + outer product w a^T
+        M_new += outer_product(w[:, 0], a[:, 0])                        # + outer product w a^T
         return M_new, WriteCache(M, w, e, a, None)
     keep = np.prod(1.0 - w[..., :, None] * e[..., None, :], axis=1)    # (B, N, W) product over heads
     M_new = M * keep + np.swapaxes(w, -1, -2) @ a                       # (B, N, W) sum over heads
@@ -145,8 +146,11 @@ def write_backward(dM_new: np.ndarray, cache: WriteCache) -> tuple[np.ndarray, .
     M, w, e, a, keep = cache
     _expect_shape("dM_new", dM_new, M.shape, "(B, N, W)")
     if keep is None:                                                    # one head: recompute it
-        keep = 1.0 - w[:, 0, :, None] * e[:, 0, None, :]                # (B, N, W)
-    dM = dM_new * keep                                                  # (B, N, W)
+        dM = outer_product(w[:, 0], e[:, 0])                            # (B, N, W) w e^T
+        np.subtract(1.0, dM, out=dM)                                    # keep, in the buffer of dM
+        dM *= dM_new                                                    # dM'(i) * keep(i)
+    else:
+        dM = dM_new * keep                                              # (B, N, W)
     dM_M = dM_new * M                                                   # (B, N, W)
     if w.shape[1] == 1:                                                 # one head: no other factors
         derase = dM_M[:, None]                                          # (B, 1, N, W)
