@@ -63,6 +63,11 @@ ratios move by +-10% or more between runs; torch 2.13 CPU, numpy 2.4):
     (float64); quiet machine (load ~1, 7 rounds, before this round): NTM B=1 3.0x / 3.6x, NTM
     B=16 2.2x / 2.2x, DNC 1.6x / 1.5x (float32 / float64); manual vs autodiff NTM 5.3x / 3.3x,
     DNC 3.8x.
+    Latest (2026-11-22, quiet machine, two runs of 7 rounds, after the controller's hoisted LSTM
+    steps and cheaper memory primitives: the DNC step 1.07-1.12x and 1.05-1.12x faster side by
+    side): manual vs autodiff NTM 5.3x / 5.1x (B=1), 3.1x / 3.9x (B=16), DNC 4.7x / 4.8x;
+    PyTorch / minimem float32 NTM B=1 4.0x / 4.0x, B=16 2.7x / 2.7x, DNC 2.0x / 1.8x; float64
+    NTM B=1 3.5x / 3.4x, B=16 2.3x / 2.6x, DNC 1.9x / 1.9x.
     NTM step (T = 9, B = 1) at N = 2^k over N = 2^7 (30-34 ms), run A: 2^10 1.5x, 2^12 3.2x,
     2^14 8.7x, 2^15 19.0x, 2^16 40.1x (1.32 s, 146 ms per time step): per-op overhead dominates up
     to ~2^11, then the time grows roughly linearly in N (2^13 -> 2^14 -> 2^15: 164 -> 297 -> 602 ms).

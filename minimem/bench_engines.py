@@ -44,15 +44,18 @@ Sizes (SIZES["full"]; the demos' configurations, shortened where a step would ta
 benchmarks(quick=False) returns {name: fn(rounds) -> rows} (rows of minimem.bench, with
 "baseline_bytes" / "candidate_bytes" = tracemalloc peak of one step, measured after the timing).
 
-Measured (python -m minimem.bench_engines --rounds 9 on a quiet moment, load average ~1, after the
-speed work of issue 11; numpy 2.4.6, OpenBLAS one thread; autodiff / manual, then peak memory manual
-/ autodiff):
-    SAM sparse 2.4x (2.5 / 7.4 MB)    SAM dense 3.1x (3.6 / 7.4 MB)     SDNC 1.4x (6.6 / 11.4 MB)
-    LSAM 3.0x (30.0 / 48.2 MB)        NAM-TM 2.8x (24.7 / 44.8 MB)      NAM few-shot 3.4x (4.6 / 8.9 MB)
-    NAM Transformer 6.0x (7.4 / 38.0 MB)   HMA head 5.0x (7.1 / 76.2 MB)
-    Titans MAC 3.9x (54.3 / 163 MB)   Titans MAL 4.3x (53.2 / 174 MB)
-Before that speed work (loaded machine, CPU-time ratios): SAM sparse 1.9x, SDNC 1.2-1.3x, LSAM
-2.5-2.7x, NAM-TM 2.7x, NAM Transformer 1.8-1.9x. Gradients agreed to 1.1e-14 or better in every row.
+Measured (python -m minimem.bench_engines --rounds 7, six runs on a quiet moment, load average ~1,
+2026-11-22, after the speed work of issue 11; numpy 2.4.6, OpenBLAS one thread; autodiff / manual,
+median (range) of the six runs, then peak memory manual / autodiff):
+    SAM sparse 3.1x (2.8-3.5; 3.8 / 7.4 MB)     SAM dense 3.5x (3.3-3.6; 4.7 / 7.4 MB)
+    SDNC 2.2x (2.1-2.4; 7.8 / 11.1 MB)          LSAM 3.0x (2.4-4.1; 30.0 / 48.2 MB)
+    NAM-TM 3.0x (2.9-3.9; 25.2 / 44.8 MB)       NAM few-shot 3.1x (2.9-3.3; 4.6 / 8.9 MB)
+    NAM Transformer 5.2x (4.6-6.1; 7.4 / 38.0 MB)   HMA head 5.5x (5.2-6.9; 7.1 / 76.2 MB)
+    Titans MAC 4.1x (3.9-4.7; 52 / 163 MB)      Titans MAL 4.2x (4.0-4.7; 52 / 174 MB)
+The SDNC stays below 3x because its link bookkeeping (not differentiated, spec D.4) runs in both
+engines: ~37% of the manual step. Before the speed work (loaded machine, CPU-time ratios): SAM sparse
+1.9x, SDNC 1.2-1.3x, LSAM 2.5-2.7x, NAM-TM 2.7x, NAM Transformer 1.8-1.9x. Gradients agreed to
+1.1e-14 or better in every row.
 """
 
 from __future__ import annotations

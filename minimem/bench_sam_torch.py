@@ -84,6 +84,9 @@ average of 4-5, so every time is inflated; torch 2.13 CPU, numpy 2.4, transparen
              2^18   546 ms          142 ms        5.48 s       10.0x             38x
     dense (K = N, 2^10): minimem dense 112 ms vs PyTorch K = N 367 ms (3.3x) float64; 107 vs 340 ms
     (3.2x) float32.
+Latest run (2026-11-22, quiet machine, after the SAM controller's hoisted LSTM steps; PyTorch /
+minimem exact top-K, float64 / float32): 2^10 2.1x / 3.2x, 2^14 3.2x / 3.4x, 2^18 14.9x / 13.7x;
+PyTorch / LSH 1.5x / 2.0x, 3.8x / 3.4x, 84x / 59x.
 A second run of the sparse rows (load average 2-3): PyTorch / minimem exact 1.8x, 2.4x, 14.9x
 (float64: 2^10, 2^14, 2^18; 5.68 s vs 381 ms at 2^18), 1.9x, 2.8x, 13.6x (float32); PyTorch / LSH
 1.4x, 2.7x, 58x (float64), 2.1x, 3.2x, 50x (float32). Per time step at 2^18, float64: PyTorch
