@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import minimem  # noqa: F401  (first: single-threaded BLAS)
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ import numpy as np
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.nam_transformer import NAMTransformer, NAMTransformerConfig
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from minimem.optim import Adam
+from minimem.optim import AdamW, warmup_cosine
 from minimem.tasks import nam_tasks as nt
 from minimem.train import TrainConfig, train
 
@@ -102,33 +101,6 @@ def parse_config(argv=None) -> Config:
     return cfg
 
 
-class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019): p <- p - lr wd p, then Adam."""
-
-    def __init__(self, params, lr: float, weight_decay: float):
-        super().__init__(params, lr=lr)
-        self.weight_decay = float(weight_decay)
-
-    def hyperparameters(self):
-        return {**super().hyperparameters(), "weight_decay": self.weight_decay}
-
-    def _update(self, name, param, grad):
-        param -= self.lr * self.weight_decay * param
-        super()._update(name, param, grad)
-
-
-def schedule(cfg: Config, steps: int):
-    """lr(step): linear warm-up over cfg.warmup steps, then cosine decay to 0 at `steps`."""
-    warmup = min(cfg.warmup, max(steps - 1, 1))
-
-    def lr(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
-
-    return lr
-
-
 def loss_fn(logits, labels):
     loss, cache = softmax_cross_entropy_forward(logits, labels, reduction="batch")
     return float(loss), softmax_cross_entropy_backward(1.0, cache).astype(logits.dtype, copy=False)
@@ -164,7 +136,7 @@ def run(kind: str, cfg: Config, test: nt.ClassificationBatch):
                                seed=cfg.seed),
                    eval_fn=lambda m: {"accuracy": float(np.mean(predict(m, test) == test.labels))},
                    metric_fn=lambda logits, labels: float(np.mean(np.argmax(logits, -1) == labels)),
-                   metric_name="train_acc", lr_schedule=schedule(cfg, cfg.steps))
+                   metric_name="train_acc", lr_schedule=warmup_cosine(cfg.lr, cfg.warmup, cfg.steps))
     correct = predict(model, test) == test.labels
     return result, correct, time.perf_counter() - started
 

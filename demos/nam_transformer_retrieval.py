@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import minimem  # noqa: F401  (first: single-threaded BLAS, 4-10x faster at these sizes)
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,7 +63,7 @@ import numpy as np
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.nam_transformer import NAMTransformer, NAMTransformerConfig
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
-from minimem.optim import Adam
+from minimem.optim import AdamW, warmup_cosine
 from minimem.tasks import nam_tasks as nt
 from minimem.train import TrainConfig, train
 
@@ -117,33 +116,6 @@ def kind_list(text: str) -> list[str]:
     return [k.strip() for k in text.split(",") if k.strip()]
 
 
-class AdamW(Adam):
-    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019): p <- p - lr wd p, then Adam."""
-
-    def __init__(self, params, lr: float, weight_decay: float):
-        super().__init__(params, lr=lr)
-        self.weight_decay = float(weight_decay)
-
-    def hyperparameters(self):
-        return {**super().hyperparameters(), "weight_decay": self.weight_decay}
-
-    def _update(self, name, param, grad):
-        param -= self.lr * self.weight_decay * param
-        super()._update(name, param, grad)
-
-
-def schedule(cfg: Config, steps: int):
-    """lr(step): linear warm-up over cfg.warmup steps, then cosine decay to 0 at `steps`."""
-    warmup = min(cfg.warmup, max(steps - 1, 1))
-
-    def lr(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
-
-    return lr
-
-
 def loss_fn(logits, labels):
     """Mean cross-entropy over the rows and its gradient."""
     loss, cache = softmax_cross_entropy_forward(logits, labels, reduction="batch")
@@ -183,7 +155,7 @@ def run(kind: str, task_name: str, steps: int, cfg: Config, test: nt.Classificat
                                seed=cfg.seed),
                    eval_fn=lambda m: {"accuracy": float(np.mean(predict(m, test) == test.labels))},
                    metric_fn=lambda logits, labels: float(np.mean(np.argmax(logits, -1) == labels)),
-                   metric_name="train_acc", lr_schedule=schedule(cfg, steps))
+                   metric_name="train_acc", lr_schedule=warmup_cosine(cfg.lr, cfg.warmup, steps))
     correct = predict(model, test) == test.labels
     return model, result, correct, time.perf_counter() - started
 

@@ -17,6 +17,8 @@ including this one; all operations elementwise):
         m <- b1 * m + (1 - b1) * g ;  v <- b2 * v + (1 - b2) * g^2
         m_hat = m / (1 - b1^t) ;  v_hat = v / (1 - b2^t)
         p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+    AdamW, weight decay wd (Loshchilov & Hutter, 2019, Algorithm 2, decoupled decay; PyTorch's form):
+        p <- p - lr * wd * p, then the Adam update above
     RMSProp, decay rho, momentum mu (Graves, 2013, arXiv:1308.0850, eqs. 38-41; the NTM and DNC
     papers train with it):
         s <- rho * s + (1 - rho) * g^2
@@ -27,16 +29,19 @@ including this one; all operations elementwise):
 State (moments, velocities, the update count and lr) lives in arrays, so it can go into a
 checkpoint: `state_dict()` returns flat dotted names ("adam.m.controller.W_x", "adam.step",
 "adam.lr") and `load_state_dict(d)` restores them exactly, so a resumed optimiser continues
-bit-identically. `lr` is a plain attribute that learning-rate schedules may change between steps.
+bit-identically. `lr` is a plain attribute that learning-rate schedules may change between steps;
+warmup_cosine(lr, warmup, steps) is such a schedule (train.train's lr_schedule).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["Optimizer", "SGD", "Adam", "RMSProp", "clip_grad_norm", "global_norm", "check_grads"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "RMSProp", "clip_grad_norm", "global_norm", "check_grads",
+           "warmup_cosine"]
 
 
 def _describe(array: np.ndarray) -> str:
@@ -306,6 +311,50 @@ class Adam(Optimizer):
         m_hat = m / (1.0 - self.beta1 ** t)
         v_hat = v / (1.0 - self.beta2 ** t)
         param -= self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019, Algorithm 2, in PyTorch's form):
+
+        p <- p - lr * wd * p ;  then Adam's update of p with the gradient g
+
+    The decay is applied to the parameter, not added to g, so Adam's per-entry scaling does not
+    touch it. wd = 0 is exactly Adam. State as Adam's, under "adamw." instead of "adam.".
+    """
+
+    prefix = "adamw"
+
+    def __init__(self, params: dict[str, np.ndarray], lr: float = 1e-3, weight_decay: float = 1e-2,
+                 beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> None:
+        super().__init__(params, lr, beta1, beta2, eps)
+        weight_decay = float(weight_decay)
+        if not (np.isfinite(weight_decay) and weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0; got {weight_decay}")
+        self.weight_decay = weight_decay
+
+    def hyperparameters(self) -> dict[str, float | bool | str]:
+        return {**super().hyperparameters(), "weight_decay": self.weight_decay}
+
+    def _update(self, name: str, param: np.ndarray, grad: np.ndarray) -> None:
+        param -= self.lr * self.weight_decay * param           # decoupled decay
+        super()._update(name, param, grad)
+
+
+def warmup_cosine(lr: float, warmup: int, steps: int):
+    """A learning-rate schedule for train.train (lr_schedule(step) -> rate, steps counted from 0):
+    linear warm-up to lr over the first `warmup` steps (lr (step + 1) / warmup), then cosine decay
+    to 0 at step `steps`: lr (1 + cos(pi (step - warmup) / (steps - warmup))) / 2. The warm-up is
+    cut to steps - 1 when the run is shorter than it."""
+    warmup = min(int(warmup), max(int(steps) - 1, 1))
+    if warmup < 1:
+        raise ValueError(f"warmup must be >= 1; got {warmup}")
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        return lr * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
+
+    return schedule
 
 
 class RMSProp(Optimizer):

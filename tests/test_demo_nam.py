@@ -67,6 +67,3 @@ def test_retrieval_rejects_unknown_attention_kinds():
     demo = load_demo("nam_transformer_retrieval")
     with pytest.raises(SystemExit):
         demo.parse_config(["--kinds", "nam,performer"])
-    schedule = demo.schedule(demo.Config(steps=1000, warmup=200), 1000)
-    assert schedule(0) == pytest.approx(1e-3 / 200) and schedule(199) == pytest.approx(1e-3)
-    assert schedule(999) < 1e-7

@@ -363,3 +363,28 @@ def test_uniform_zeros_and_validation():
         init.xavier_uniform(rng, (5,))
     with pytest.raises(ValueError, match="non-negative"):
         init.zeros(None, (2, -1))
+
+
+def test_adamw_is_adam_without_decay_and_decays_the_parameter_apart_from_the_gradient():
+    from minimem.optim import AdamW
+    np.testing.assert_array_equal(run(AdamW, lr=0.05, weight_decay=0.0), run(Adam, lr=0.05))
+    params = {"w": np.array([1.0, -2.0, 4.0])}
+    opt = AdamW(params, lr=0.1, weight_decay=0.5)
+    for _ in range(3):
+        opt.step({"w": np.zeros(3)})                        # no gradient: only the decay moves p
+    np.testing.assert_allclose(params["w"], np.array([1.0, -2.0, 4.0]) * (1 - 0.1 * 0.5) ** 3, rtol=1e-15)
+    assert "adamw.m.w" in opt.state_dict() and opt.hyperparameters()["weight_decay"] == 0.5
+    with pytest.raises(ValueError, match="weight_decay must be a finite number >= 0"):
+        AdamW({"w": np.zeros(2)}, weight_decay=-1.0)
+
+
+def test_warmup_cosine_schedule():
+    from minimem.optim import warmup_cosine
+    lr = warmup_cosine(0.1, warmup=4, steps=20)
+    np.testing.assert_allclose([lr(s) for s in range(4)], [0.025, 0.05, 0.075, 0.1])
+    assert lr(4) == pytest.approx(0.1) and lr(12) == pytest.approx(0.05) and lr(20) == pytest.approx(0.0, abs=1e-15)
+    assert all(lr(s) >= lr(s + 1) for s in range(4, 20))       # decays after the warm-up
+    demo = warmup_cosine(1e-3, warmup=200, steps=1000)           # the NAM demos' schedule
+    assert demo(0) == pytest.approx(1e-3 / 200) and demo(199) == pytest.approx(1e-3) and demo(999) < 1e-7
+    short = warmup_cosine(0.1, warmup=100, steps=3)              # warm-up cut to steps - 1
+    assert short(1) == pytest.approx(0.1)
