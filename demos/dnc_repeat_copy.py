@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import plot_training_curve
 from minimem.memory.dnc import DNC, DNCConfig
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, make_deepmind_repeat_copy
@@ -133,15 +134,10 @@ def plot(out: Path, result, model: DNC, config: Config) -> list[Path]:
     paths = [out / "dnc_repeat_copy_loss.png", out / "dnc_repeat_copy_memory.png"]
 
     fig, (ax_loss, ax_err) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    losses = np.asarray(result.losses)
-    window = max(1, min(50, len(losses) // 10))
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    ax_loss.plot(np.arange(1, len(losses) + 1), losses, color="0.8", lw=0.5, label="per batch")
-    ax_loss.plot(np.arange(window, len(losses) + 1), smooth, color="C0", label=f"mean of {window}")
+    plot_training_curve(ax_loss, result.losses)
     ax_loss.plot([e["step"] for e in result.evals], [e["loss"] for e in result.evals], "o", ms=3,
                  color="C1", label="evaluation")
     ax_loss.set_ylabel("loss (nats per sequence)")
-    ax_loss.set_yscale("log")
     ax_loss.legend()
     ax_err.plot([e["step"] for e in result.evals], [e["bit_errors"] for e in result.evals], "o-", color="C3")
     ax_err.set_ylabel("eval bit errors per sequence")

@@ -39,6 +39,7 @@ import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, s
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import running_mean
 from minimem.memory.mnm_oneshot import MNMOneShot, OneShotConfig, make_episodes, nearest_value_accuracy
 from minimem.optim import Adam
 from minimem.train import TrainConfig, train
@@ -164,11 +165,9 @@ def plot(out: Path, runs: list[dict], config: Config) -> list[Path]:
     for r in runs:
         color = f"C{writers.index(r['writer'])}"
         style = ["-", "--", ":", "-."][sorted({q['P'] for q in runs}).index(r["P"]) % 4]
-        losses = np.asarray(r["losses"])
-        window = max(1, min(50, len(losses) // 10))
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+        steps, smooth, _ = running_mean(r["losses"], 50)
         label = f"{names[r['writer']].split()[0]} P={r['P']}"
-        ax_loss.plot(np.arange(window, len(losses) + 1), smooth, color=color, ls=style, label=label)
+        ax_loss.plot(steps, smooth, color=color, ls=style, label=label)
         ax_eval.plot([0] + [e["step"] for e in r["evals"]], [r["before"]] + [e["accuracy"] for e in r["evals"]],
                      "o", color=color, ls=style, ms=3, label=label)
     ax_loss.set_yscale("log")

@@ -44,6 +44,7 @@ import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, s
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import running_mean
 from minimem.memory.mnm import MNM, MNMConfig
 from minimem.optim import Adam
 from minimem.train import TrainConfig, TrainingDiverged, train
@@ -138,9 +139,7 @@ def plot(out: Path, result, evals: list, model: MNM, config: Config, levels: dic
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / "mnm_recall_curves.png", out / "mnm_recall_episode.png"]
     fig, (ax_loss, ax_acc) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    losses = np.asarray(result.losses)
-    window = max(1, min(100, len(losses) // 10))
-    ax_loss.plot(np.arange(window, len(losses) + 1), np.convolve(losses, np.ones(window) / window, "valid"))
+    ax_loss.plot(*running_mean(result.losses, 100)[:2])
     ax_loss.set_ylabel("training loss")
     ax_acc.plot([e["step"] for e in evals], [e["accuracy"] for e in evals], "o-", ms=3, label="MNM eval accuracy")
     ax_acc.axhline(levels["guess"], color="0.4", ls="--", label="guess among written values")

@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import running_mean
 from minimem.memory.nam_tm import NAMTM, NAMTMConfig
 from minimem.nn.losses import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from minimem.nn.lstm import LSTMModel
@@ -187,9 +188,7 @@ def plot(cfg: Config, results: dict, finals: dict, model: NAMTM, example: nt.Seq
         for (group, (lo, hi)), style in zip(ranges(cfg).items(), ("-", "--", ":")):
             axes[1].plot(steps, [e[group] for e in result.evals], style, color=colours[name],
                          label=f"{name} {'ID' if group == 'id' else 'OOD'} {lo}-{hi}")
-        losses = np.asarray(result.losses)
-        window = max(1, min(25, len(losses) // 10))
-        axes[2].plot(np.arange(window, len(losses) + 1), np.convolve(losses, np.ones(window) / window, "valid"),
+        axes[2].plot(*running_mean(result.losses, 25)[:2],
                      color=colours[name], label=name)
     axes[1].set(xlabel="training step", ylabel="held-out sequence accuracy", ylim=(-0.03, 1.03))
     axes[1].legend(fontsize=7)

@@ -52,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import plot_training_curve
 from minimem.memory.ntm import NTM, NTMConfig
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_priority_sort
@@ -142,11 +143,7 @@ def plot(cfg: Config, result, evals: list, model: NTM, example) -> list[str]:
     paths = [str(out / f"ntm_priority_sort_{name}.png") for name in ("loss", "heads")]
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    bits = np.asarray(result.losses) / np.log(2.0)
-    window = max(1, min(50, len(bits) // 10))
-    smooth = np.convolve(bits, np.ones(window) / window, mode="valid")
-    top.plot(np.arange(1, len(bits) + 1), bits, color="0.8", lw=0.5, label="per batch")
-    top.plot(np.arange(window, len(bits) + 1), smooth, color="C0", label=f"mean of {window}")
+    plot_training_curve(top, np.asarray(result.losses) / np.log(2.0))
     top.set_ylabel("training cost (bits / sequence)")
     top.legend(fontsize=8)
     steps = [e["step"] for e in evals]

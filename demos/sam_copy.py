@@ -34,6 +34,7 @@ import minimem  # noqa: F401  (before NumPy: single-threaded BLAS)
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import plot_training_curve
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.memory.sam_sparse import read_weights_dense
 from minimem.optim import Adam
@@ -115,13 +116,8 @@ def plot(out: Path, result, config: Config, pattern: dict) -> list[Path]:
     paths = [out / "sam_copy_loss.png", out / "sam_copy_access.png"]
 
     fig, (ax_loss, ax_err) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-    losses = np.asarray(result.losses)
-    window = max(1, min(50, len(losses) // 10))
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    ax_loss.plot(np.arange(1, len(losses) + 1), losses, color="0.8", lw=0.5, label="per batch")
-    ax_loss.plot(np.arange(window, len(losses) + 1), smooth, color="C0", label=f"mean of {window}")
+    plot_training_curve(ax_loss, result.losses)
     ax_loss.set_ylabel("loss (nats per sequence)")
-    ax_loss.set_yscale("log")
     ax_loss.legend()
     ax_err.plot([e["step"] for e in result.evals], [e["bit_errors"] for e in result.evals], "o-", color="C3")
     ax_err.axhline(1.0, color="0.6", ls=":", lw=1)

@@ -75,6 +75,7 @@ import numpy as np
 
 from minimem import init
 from minimem.demo_options import config_from_args, config_parser
+from minimem.demo_plots import running_mean
 from minimem.memory.titans import TitansLMMConfig, lmm_init, lmm_layer_backward, lmm_layer_forward
 from minimem.memory.titans_arch import TitansConfig, TitansModel
 from minimem.memory.titans_blocks import (
@@ -392,10 +393,8 @@ def plot(cfg: Config, runs: list, lengths: list[int]) -> list[str]:
                 centres.append(np.sqrt(max(low, 1) * high))
                 accs.append(np.mean(run["correct"][inside]))
         middle.plot(centres, accs, "o-", color=color, label=label)
-        losses = np.asarray(run["losses"])
-        window = max(1, min(25, len(losses) // 10))
-        smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        right.plot(np.arange(window, len(losses) + 1), smooth, color=color, label=label)
+        steps, smooth, _ = running_mean(run["losses"], 25)
+        right.plot(steps, smooth, color=color, label=label)
     for ax in (left, middle):
         ax.axhline(1 / VALUES, color="0.5", ls="--", lw=1, label="chance 1/16")
         ax.set_xscale("log", base=2)
