@@ -33,3 +33,39 @@ def test_check_rng_and_dtype():
     for bad in (np.int64, "not a dtype"):
         with pytest.raises(ValueError, match="dtype must be a floating-point type"):
             check_float_dtype(bad)
+
+
+# The model configs validate their integer fields with check_int: each must accept NumPy integers,
+# reject bools, floats and values below the minimum, and name "Class.field" and the expected range.
+def _config_cases():
+    from minimem.memory.dnc import DNCConfig
+    from minimem.memory.hma import HMAConfig
+    from minimem.memory.lsam import LSAMConfig
+    from minimem.memory.mnm import MNMConfig
+    from minimem.memory.nam_transformer import NAMTransformerConfig
+    from minimem.memory.ntm import NTMConfig
+    from minimem.memory.sam_state import SAMConfig
+    from minimem.memory.sdnc import SDNCConfig
+    from minimem.memory.titans_arch import TitansConfig
+    return [  # (config class, valid kwargs, field, minimum, message prefix)
+        (DNCConfig, dict(X=3, Y=2), "layers", 1, "DNCConfig.layers"),
+        (DNCConfig, dict(X=3, Y=2), "link_K", 1, "DNCConfig.link_K"),
+        (NTMConfig, dict(X=3, Y=2), "write_heads", 1, "NTMConfig.write_heads"),
+        (SAMConfig, dict(X=3, Y=2), "R", 1, "SAMConfig.R"),
+        (SAMConfig, dict(X=3, Y=2), "lsh_bits", 1, r"SAMConfig.lsh_bits \(if not None\)"),
+        (SDNCConfig, dict(X=3, Y=2), "H", 1, "SDNCConfig.H"),
+        (LSAMConfig, dict(X=3, D=4, H=2), "Y", 1, "LSAMConfig.Y"),
+        (MNMConfig, dict(X=3, Y=2), "truncate", 1, r"MNMConfig.truncate \(if not None\)"),
+        (NAMTransformerConfig, dict(V=5, classes=2), "mlp", 1, "NAMTransformerConfig.mlp"),
+        (HMAConfig, dict(D=4, K_c=2), "m", 0, "HMAConfig.m"),
+        (TitansConfig, dict(), "N_p", 0, "N_p"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_config_integer_fields_use_check_int(case):
+    cls, kwargs, field, minimum, prefix = _config_cases()[case]
+    assert getattr(cls(**{**kwargs, field: np.int64(minimum + 1)}), field) == minimum + 1
+    for bad in (True, float(minimum + 1), minimum - 1):
+        with pytest.raises(ValueError, match=rf"^{prefix} must be an integer >= {minimum}; got "):
+            cls(**{**kwargs, field: bad})

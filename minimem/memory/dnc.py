@@ -72,6 +72,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.memory.allocation import ALLOCATION_EPS
 from minimem.memory.dnc_access import MemoryState, access_autodiff, access_backward, access_forward
 from minimem.memory.dnc_interface import (
@@ -122,9 +123,7 @@ class DNCConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Y", "N", "W", "R", "H", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"DNCConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"DNCConfig.{name}", getattr(self, name), 1)
         if self.strengths not in STRENGTHS:
             raise ValueError(f"DNCConfig.strengths must be one of {STRENGTHS}; got {self.strengths!r}")
         if not isinstance(self.usage_write_grad, (bool, np.bool_)):
@@ -141,8 +140,7 @@ class DNCConfig:
             raise ValueError(f"DNCConfig.dtype must be 'float64' or 'float32'; got {self.dtype!r}")
         if self.link not in LINKS:
             raise ValueError(f"DNCConfig.link must be one of {LINKS}; got {self.link!r}")
-        if isinstance(self.link_K, bool) or not isinstance(self.link_K, (int, np.integer)) or self.link_K < 1:
-            raise ValueError(f"DNCConfig.link_K must be an integer >= 1; got {self.link_K!r}")
+        check_int("DNCConfig.link_K", self.link_K, 1)
         if self.link == "sparse" and self.link_K > self.N:
             raise ValueError(f"DNCConfig.link_K must satisfy 1 <= link_K <= N = {self.N}; got {self.link_K}")
 
@@ -202,9 +200,8 @@ class DNCSparseLinkRecord(NamedTuple):
 def initial_state(config: DNCConfig, B: int, N: int | None = None) -> DNCState:
     """All-zero state for a batch of B; N overrides config.N (the trained weights do not depend on N)."""
     N = config.N if N is None else N
-    for name, value in (("B", B), ("N", N)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+    check_int("B", B, 1)
+    check_int("N", N, 1)
     R, W, H, layers, dtype = config.R, config.W, config.H, config.layers, np.dtype(config.dtype)
     zeros = lambda *shape: np.zeros(shape, dtype=dtype)
     return DNCState(zeros(B, N, W), zeros(B, N), zeros(B, N), zeros(B, N, N), zeros(B, N),

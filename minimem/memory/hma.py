@@ -61,6 +61,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.hma_mab import (
     LN_EPS, MABDropout, mab_autodiff, mab_backward, mab_dropout, mab_forward, mab_init, mab_param_shapes,
 )
@@ -107,9 +108,11 @@ class HMAConfig:
     def __post_init__(self) -> None:
         for name, minimum in (("D", 1), ("K_c", 2), ("L_h", 1), ("N_r", 1), ("m", 0), ("heads", 1), ("ff_mult", 1)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                extra = " (a single-logit binary head is not offered; use K_c = 2)" if name == "K_c" else ""
-                raise ValueError(f"HMAConfig.{name} must be an integer >= {minimum}{extra}; got {value!r}")
+            if name != "K_c":
+                check_int(f"HMAConfig.{name}", value, minimum)
+            elif isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"HMAConfig.K_c must be an integer >= {minimum} (a single-logit binary head "
+                                 f"is not offered; use K_c = 2); got {value!r}")
         if (self.D + self.L_h) % self.heads:
             raise ValueError(f"HMAConfig: D + L_h = {self.D + self.L_h} must be divisible by heads = {self.heads} "
                              "(each head takes an equal slice of the width)")
@@ -494,8 +497,7 @@ def predict_in_batches(model: HMA, inputs, batch_size: int, select: Callable | N
     """Logits (N, K_c) of N samples evaluated in consecutive batches of batch_size, in the given
     order (the last batch may be smaller); nothing is written. With abd on, the result depends on
     batch_size and on the order (B10): demos evaluate with one fixed batch size and order."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}")
+    check_int("batch_size", batch_size, 1)
     select = _select if select is None else select
     N = _count(inputs)
     return np.concatenate([model.forward(select(inputs, np.arange(start, min(start + batch_size, N))))[0]

@@ -40,6 +40,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.nam import (
     NAMReadCache, NAMWriteCache, _read_forward, _write_forward, _write_read_backward,
     nam_read_autodiff, nam_write_autodiff,
@@ -312,9 +313,7 @@ class LSAMConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "D", "H") + (("Y",) if self.Y is not None else ()):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"LSAMConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"LSAMConfig.{name}", getattr(self, name), 1)
         if self.D % self.H:
             raise ValueError(f"LSAMConfig.D must be divisible by H (d = D / H); got D={self.D}, H={self.H}")
         if self.dtype not in ("float64", "float32"):

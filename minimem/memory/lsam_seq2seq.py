@@ -53,6 +53,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.lsam import lsam_autodiff, lsam_backward, lsam_forward, lsam_init, lsam_param_shapes
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward, layernorm_init
 from minimem.nn.linear import (
@@ -84,9 +85,7 @@ class LSAMSeq2SeqConfig:
 
     def __post_init__(self) -> None:
         for name in ("V", "D", "H", "F"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"LSAMSeq2SeqConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"LSAMSeq2SeqConfig.{name}", getattr(self, name), 1)
         if self.H % 2 or self.D % self.H:
             raise ValueError(f"LSAMSeq2SeqConfig needs an even H that divides D (encoder cells: H / 2 heads "
                              f"of width D / H); got D={self.D}, H={self.H}")

@@ -54,6 +54,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.mnm_interface import (
     Interface, InterfaceCache, mnm_interface_autodiff, mnm_interface_backward, mnm_interface_forward,
     mnm_targets_autodiff, mnm_targets_backward, mnm_targets_forward,
@@ -108,9 +109,7 @@ class MNMConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Y", "H", "d", "h", "L", "n_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"MNMConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"MNMConfig.{name}", getattr(self, name), 1)
         if self.writer not in WRITERS:
             raise ValueError(f"MNMConfig.writer must be one of {WRITERS}; got {self.writer!r}")
         if self.output_target not in OUTPUT_TARGETS:
@@ -118,9 +117,8 @@ class MNMConfig:
         if isinstance(self.beta_max, bool) or not isinstance(self.beta_max, (int, float, np.floating)) \
                 or not (np.isfinite(self.beta_max) and self.beta_max > 0):
             raise ValueError(f"MNMConfig.beta_max must be a positive number; got {self.beta_max!r}")
-        if self.truncate is not None and (isinstance(self.truncate, bool) or not isinstance(
-                self.truncate, (int, np.integer)) or self.truncate < 1):
-            raise ValueError(f"MNMConfig.truncate must be None or an integer >= 1; got {self.truncate!r}")
+        if self.truncate is not None:
+            check_int("MNMConfig.truncate (if not None)", self.truncate, 1)
         for name in ("learn_init", "extra_read_step"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MNMConfig.{name} must be a bool; got {getattr(self, name)!r}")

@@ -33,6 +33,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.mnm_interface import mnm_targets_autodiff, mnm_targets_backward, mnm_targets_forward
 from minimem.memory.mnm_memory import (
     mnm_mem_autodiff, mnm_mem_backward, mnm_mem_forward, mnm_recon_autodiff, mnm_recon_backward,
@@ -63,9 +64,7 @@ class OneShotConfig:
 
     def __post_init__(self) -> None:
         for name in ("d", "h", "L"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"OneShotConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"OneShotConfig.{name}", getattr(self, name), 1)
         if self.writer not in WRITERS:
             raise ValueError(f"OneShotConfig.writer must be one of {WRITERS}; got {self.writer!r}")
         if self.output_target not in OUTPUT_TARGETS:

@@ -36,6 +36,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.nam import EPS, UnitCache, unit_autodiff, unit_backward, unit_forward
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward, layernorm_init
 from minimem.nn.linear import (
@@ -62,8 +63,7 @@ def _check_kernel_inputs(Q, K, V, key_mask, causal: bool, chunk: int):
         raise ValueError(f"Q and K need at least one position; got Tq={Tq}, Tk={Tk}")
     if causal and Tq != Tk:
         raise ValueError(f"causal=True needs Tq == Tk; got Tq={Tq}, Tk={Tk}")
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1; got {chunk!r}")
+    check_int("chunk", chunk, 1)
     if key_mask is None:
         return None
     key_mask = np.asarray(key_mask)

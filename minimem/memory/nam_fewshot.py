@@ -42,6 +42,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.memory.nam import (
     nam_write_autodiff, nam_write_backward, nam_write_forward, unit_autodiff, unit_backward, unit_forward,
 )
@@ -67,9 +68,7 @@ class NAMFewShotConfig:
 
     def __post_init__(self):
         for name in ("F", "K_b", "N", "E"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1; got {value!r}")
+            check_int(name, getattr(self, name), 1)
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}; got {self.head!r}")
         if self.mode not in MODES:

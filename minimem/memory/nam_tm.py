@@ -63,6 +63,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.nam import (
     NAMReadCache, NAMWriteCache, _read_forward, _write_forward, _write_read_backward, nam_read_autodiff,
     nam_read_forward, nam_write_autodiff, nam_write_forward, unit_autodiff, unit_backward, unit_forward,
@@ -318,9 +319,7 @@ class NAMTMConfig:
 
     def __post_init__(self) -> None:
         for name in ("V", "D", "P", "C", "L"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"NAMTMConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"NAMTMConfig.{name}", getattr(self, name), 1)
         if self.L < 2:
             raise ValueError(f"NAMTMConfig.L (cells per tape) must be >= 2; got {self.L}")
         if self.dtype not in ("float64", "float32"):

@@ -52,6 +52,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.nam import unit_forward
 from minimem.memory.nam_attention import (
     nam_attention_init, nam_attention_layer_autodiff, nam_attention_layer_backward, nam_attention_layer_forward,
@@ -208,8 +209,7 @@ def _check_kernel(Q, K, V, key_mask, causal, chunk):
         raise ValueError("Q and K need at least one position")
     if causal and Q.shape[2] != K.shape[2]:
         raise ValueError(f"causal=True needs Tq == Tk; got {Q.shape[2]}, {K.shape[2]}")
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1; got {chunk!r}")
+    check_int("chunk", chunk, 1)
     if key_mask is None:
         return None
     key_mask = np.asarray(key_mask)
@@ -315,9 +315,7 @@ class NAMTransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("V", "classes", "T_max", "D", "heads", "layers", "mlp", "chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"NAMTransformerConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"NAMTransformerConfig.{name}", getattr(self, name), 1)
         if self.head_mlp is not None and (isinstance(self.head_mlp, bool) or not isinstance(self.head_mlp, int)
                                           or self.head_mlp < 1):
             raise ValueError(f"NAMTransformerConfig.head_mlp must be None or an integer >= 1; got {self.head_mlp!r}")

@@ -51,6 +51,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.addressing import (
     address_autodiff, address_backward, address_forward, address_op,
 )
@@ -112,9 +113,7 @@ class NTMConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Y", "N", "W", "R", "write_heads", "H", "S"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"NTMConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"NTMConfig.{name}", getattr(self, name), 1)
         if self.S % 2 == 0:
             raise ValueError(f"NTMConfig.S (allowed shifts) must be odd, S = 2q + 1; got {self.S}")
         if self.controller not in CONTROLLERS:

@@ -22,6 +22,7 @@ from typing import Mapping, NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.nn.linear import as_float_array, check_finite
 
 MEMORY_CONSTANT = 1e-6      # Collier & Beel's best initial memory value (spec A.2)
@@ -69,9 +70,7 @@ def check_state(state, config, B: int, dtype, what: str = "state", weightings: b
 
 def check_batch_size(B) -> int:
     """B as an int >= 1, or ValueError."""
-    if isinstance(B, (bool, np.bool_)) or not isinstance(B, (int, np.integer)) or B < 1:
-        raise ValueError(f"the batch size B must be an integer >= 1; got {B!r}")
-    return int(B)
+    return check_int("the batch size B", B, 1)
 
 
 def check_memory0(memory0, config, dtype) -> np.ndarray | None:

@@ -34,6 +34,7 @@ import copy
 import numpy as np
 from scipy.spatial import cKDTree
 
+from minimem.checks import check_int
 from minimem.memory.addressing import EPS_DEN, EPS_NORM, cosine_similarity_forward
 from minimem.memory.sam_sparse import INDEX_DTYPE, check_K, top_k_slots
 
@@ -283,11 +284,8 @@ class SnapshotIndex:
 
     def __init__(self, M: np.ndarray, rebuild_after: int | None = None):
         B, N, W = _check_memory(M)
-        if rebuild_after is not None and (isinstance(rebuild_after, bool) or not isinstance(
-                rebuild_after, (int, np.integer)) or rebuild_after < 1):
-            raise ValueError(f"rebuild_after must be None (N) or an integer >= 1; got {rebuild_after!r}")
         self.B, self.N, self.W = B, N, W
-        self.rebuild_after = N if rebuild_after is None else int(rebuild_after)
+        self.rebuild_after = N if rebuild_after is None else check_int("rebuild_after (None: N)", rebuild_after, 1)
         self.rebuilds = 0
         self.rebuild(M)
 
@@ -477,10 +475,7 @@ class LSHIndex(SnapshotIndex):
                  rebuild_after: int | None = None):
         B, N, W = _check_memory(M)
         bits = max(1, int(round(np.log2(max(N, 2)) / 2))) if bits is None else bits
-        for name, value, top in (("tables", tables, 4096), ("bits", bits, 30)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= top:
-                raise ValueError(f"{name} must be an integer in [1, {top}]; got {value!r}")
-        self.tables, self.bits = int(tables), int(bits)
+        self.tables, self.bits = check_int("tables", tables, 1, 4096), check_int("bits", bits, 1, 30)
         self.planes = rng.standard_normal((W, self.tables * self.bits))                 # (W, L bits)
         super().__init__(M, rebuild_after)
 

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.memory.sam_interface import WRITE_SQUASHES, interface_size
 from minimem.memory.sam_sparse import INDEX_DTYPE, check_index_sets, check_K
 from minimem.nn.linear import as_float_array, check_finite
@@ -75,9 +76,7 @@ class SAMConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Y", "N", "W", "R", "K", "H"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"SAMConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"SAMConfig.{name}", getattr(self, name), 1)
         check_K(self.K, self.N)
         if not (isinstance(self.delta, (int, float)) and np.isfinite(self.delta) and self.delta >= 0):
             raise ValueError(f"SAMConfig.delta must be a finite number >= 0; got {self.delta!r}")
@@ -94,12 +93,10 @@ class SAMConfig:
                              f"every slot); got {self.index!r}")
         if not (isinstance(self.index_eps, (int, float)) and np.isfinite(self.index_eps) and self.index_eps >= 0):
             raise ValueError(f"SAMConfig.index_eps must be a finite number >= 0; got {self.index_eps!r}")
-        for name in ("lsh_tables", "lsh_bits", "index_rebuild_after"):
-            value = getattr(self, name)
-            if (value is not None or name == "lsh_tables") and (
-                    isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"SAMConfig.{name} must be an integer >= 1"
-                                 f"{'' if name == 'lsh_tables' else ' or None'}; got {value!r}")
+        check_int("SAMConfig.lsh_tables", self.lsh_tables, 1)
+        for name in ("lsh_bits", "index_rebuild_after"):
+            if getattr(self, name) is not None:
+                check_int(f"SAMConfig.{name} (if not None)", getattr(self, name), 1)
         if self.write_squash not in WRITE_SQUASHES:
             raise ValueError(f"SAMConfig.write_squash must be one of {WRITE_SQUASHES}; got {self.write_squash!r}")
         if not (isinstance(self.forget_bias, (int, float)) and np.isfinite(self.forget_bias)):
@@ -157,8 +154,7 @@ class SAMRecord(NamedTuple):
 def initial_state(config: SAMConfig, B: int) -> SAMState:
     """The state at a sequence start (C.2): zero memory, last = 0, empty read weightings (K' = 0),
     zero read words and controller state, t = 0."""
-    if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
-        raise ValueError(f"B must be an integer >= 1; got {B!r}")
+    check_int("B", B, 1)
     N, W, R, H, dtype = config.N, config.W, config.R, config.H, np.dtype(config.dtype)
     return SAMState(np.zeros((B, N, W), dtype), np.zeros((B, N), INDEX_DTYPE), np.zeros((B, N), dtype),
                     np.zeros((B, R, 0), INDEX_DTYPE), np.zeros((B, R, 0), dtype), np.zeros((B, R, W), dtype),
@@ -188,8 +184,7 @@ def check_state(state, config: SAMConfig, B: int) -> SAMState:
         raise ValueError(f"state.M has N = {M.shape[1]} slots but the model has N = {N} (SAMConfig.N); "
                          f"the memory and the config must match")
     t = state.t
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 0:
-        raise ValueError(f"state.t must be an integer >= 0; got {t!r}")
+    check_int("state.t", t, 0)
     last = np.asarray(state.last)
     if last.shape != (B, N) or last.dtype.kind not in "iu" or (last.size and (last.min() < 0 or last.max() > t)):
         raise ValueError(f"state.last must be an integer array of shape (B, N) = {(B, N)} with times in "

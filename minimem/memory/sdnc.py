@@ -61,6 +61,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.memory.addressing import (
     content_autodiff, content_backward, content_forward, cosine_similarity_autodiff, cosine_similarity_forward,
 )
@@ -119,9 +120,7 @@ class SDNCConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Y", "N", "W", "R", "K", "K_L", "H"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"SDNCConfig.{name} must be an integer >= 1; got {value!r}")
+            check_int(f"SDNCConfig.{name}", getattr(self, name), 1)
         check_K(self.K, self.N)
         check_K_L(self.K_L, self.N)
         if not (isinstance(self.delta, (int, float)) and np.isfinite(self.delta) and self.delta >= 0):
@@ -192,8 +191,7 @@ class SDNCRecord(NamedTuple):
 def initial_state(config: SDNCConfig, B: int) -> SDNCState:
     """A sequence start: zero memory, links and precedence, last = 0, read weightings all zero
     (their pairs sit on slots 0.. with weight 0), zero read words and controller state."""
-    if isinstance(B, bool) or not isinstance(B, (int, np.integer)) or B < 1:
-        raise ValueError(f"B must be an integer >= 1; got {B!r}")
+    check_int("B", B, 1)
     N, W, R, K, K_L, H, dtype = config.N, config.W, config.R, config.K, config.K_L, config.H, np.dtype(config.dtype)
     pairs = np.concatenate([np.arange(K_L), np.arange(K), np.arange(K_L)]).astype(INDEX_DTYPE)
     Nl, Pl, p = empty_links(B, N, dtype)
@@ -242,8 +240,7 @@ def check_state(state, config: SDNCConfig, B: int) -> SDNCState:
         raise ValueError(f"state must be an SDNCState {SDNCState._fields}; got {type(state).__name__}")
     N, W, R, H, Kp, K_L, dtype = config.N, config.W, config.R, config.H, config.Kp, config.K_L, np.dtype(config.dtype)
     t = state.t
-    if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 0:
-        raise ValueError(f"state.t must be an integer >= 0; got {t!r}")
+    check_int("state.t", t, 0)
     M = as_float_array("state.M", state.M)
     if M.shape != (B, N, W):
         raise ValueError(f"state.M must have shape (B, N, W) = {(B, N, W)}; got {M.shape}")

@@ -46,6 +46,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.titans_features import (
     lmm_features_autodiff, lmm_features_backward, lmm_features_forward,
     lmm_output_autodiff, lmm_output_backward, lmm_output_forward,
@@ -90,17 +91,13 @@ class TitansLMMConfig:
 
     def __post_init__(self):
         for name in ("D", "H", "L_M", "K_c", "chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+            check_int(name, getattr(self, name), 1)
         for name in ("d", "h"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None; got {value!r}")
+            if getattr(self, name) is not None:
+                check_int(f"{name} (if not None)", getattr(self, name), 1)
         if self.d is None and self.D % self.H != 0:
             raise ValueError(f"D={self.D} is not divisible by H={self.H}; give d explicitly")
-        if isinstance(self.N_p, bool) or not isinstance(self.N_p, (int, np.integer)) or self.N_p < 0:
-            raise ValueError(f"N_p must be an integer >= 0; got {self.N_p!r}")
+        check_int("N_p", self.N_p, 0)
         if self.phi not in ACTIVATIONS:
             raise ValueError(f"phi must be one of {ACTIVATIONS}; got {self.phi!r}")
         if self.theta_max is not None and not (np.isfinite(self.theta_max) and self.theta_max > 0):

@@ -46,6 +46,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.titans import (
     LMMState, TitansLMMConfig, lmm_init, lmm_layer_autodiff, lmm_layer_backward, lmm_layer_forward,
 )
@@ -96,13 +97,10 @@ class TitansConfig:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}; got {self.variant!r}")
         for name in ("X", "Y", "D", "layers", "window", "segment", "attn_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
-        if isinstance(self.N_p, bool) or not isinstance(self.N_p, (int, np.integer)) or self.N_p < 0:
-            raise ValueError(f"N_p must be an integer >= 0; got {self.N_p!r}")
-        if self.F is not None and (isinstance(self.F, bool) or not isinstance(self.F, (int, np.integer)) or self.F < 1):
-            raise ValueError(f"F must be an integer >= 1 or None; got {self.F!r}")
+            check_int(name, getattr(self, name), 1)
+        check_int("N_p", self.N_p, 0)
+        if self.F is not None:
+            check_int("F (if not None)", self.F, 1)
         if self.D % self.attn_heads:
             raise ValueError(f"D={self.D} is not divisible by attn_heads={self.attn_heads}")
         memory = TitansLMMConfig(D=self.D) if self.memory is None else self.memory

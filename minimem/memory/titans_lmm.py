@@ -60,6 +60,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.memory.titans_memory import (
     activation_derivatives, check_activation, check_memory, mem_inner_grad_adjoint, mem_inner_grad_adjoint_projected,
     mem_inner_grad_autodiff, mem_inner_grad_forward, mem_read_autodiff, mem_read_backward, mem_read_forward,
@@ -83,8 +84,7 @@ def check_scan_inputs(M0, S0, q, k, v, alpha, eta, theta, chunk) -> None:
     for name, g in (("alpha", alpha), ("eta", eta)):
         if np.any(g < 0) or np.any(g > 1):
             raise ValueError(f"{name} must lie in [0, 1]")
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
-        raise ValueError(f"chunk size b must be an integer >= 1; got {chunk!r}")
+    check_int("chunk size b", chunk, 1)
     widths = check_memory(M0, d)
     if not isinstance(S0, (tuple, list)) or len(S0) != len(M0):
         raise ValueError(f"S0 must be a tuple of {len(M0)} arrays shaped like M0")

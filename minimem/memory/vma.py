@@ -80,6 +80,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.vma_bound import (
     BASELINES, address_entropy, address_kl, check_finite, exact_bound_backward, exact_bound_forward,
     iw_bound_autodiff, iw_bound_backward, iw_bound_forward, log_softmax_backward, log_softmax_forward, sample_addresses,
@@ -131,9 +132,7 @@ class VMAConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Z", "E", "He", "H"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+            check_int(name, getattr(self, name), 1)
         for name, value, allowed in (("memory", self.memory, MEMORY_MODES), ("estimator", self.estimator, ESTIMATORS),
                                      ("baseline", self.baseline, BASELINES), ("activation", self.activation, ("tanh", "relu")),
                                      ("dtype", self.dtype, ("float64", "float32"))):

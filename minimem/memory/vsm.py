@@ -65,6 +65,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.memory.vma_bound import (
     bernoulli_log_likelihood_autodiff, bernoulli_log_likelihood_backward, bernoulli_log_likelihood_forward,
     check_finite, gaussian_log_density_forward, logsumexp, sample_addresses, sigmoid,
@@ -109,9 +110,7 @@ class VSMConfig:
 
     def __post_init__(self) -> None:
         for name in ("X", "Z", "Zc", "Hu", "H", "Hk", "Ns"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+            check_int(name, getattr(self, name), 1)
         for name in ("tau_r2", "tau_t2"):
             if not (np.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0; got {getattr(self, name)}")

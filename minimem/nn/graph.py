@@ -29,6 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from minimem import autodiff as ad
+from minimem.checks import check_int
 from minimem.nn.linear import as_float_array, check_finite, check_params, linear_init, with_prefix
 
 READOUTS = ("mean", "max")
@@ -271,8 +272,7 @@ class GCNModel:
 
     def __init__(self, X: int, widths: Sequence[int], readout: str = "mean", last_relu: bool = False,
                  rng: np.random.Generator | None = None, dtype=np.float64):
-        if isinstance(X, bool) or not isinstance(X, (int, np.integer)) or X < 1:
-            raise ValueError(f"X must be an integer >= 1; got {X!r}")
+        check_int("X", X, 1)
         self.widths = tuple(int(w) for w in widths)
         if not self.widths or any(w < 1 for w in self.widths):
             raise ValueError(f"widths must list at least one layer width, each >= 1; got {tuple(widths)}")

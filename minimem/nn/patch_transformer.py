@@ -27,6 +27,7 @@ import numpy as np
 
 from minimem import autodiff as ad
 from minimem import init
+from minimem.checks import check_int
 from minimem.nn.attention import attention_autodiff, attention_backward, attention_forward, attention_init
 from minimem.nn.conv import conv2d_autodiff, conv2d_backward, conv2d_forward, conv2d_init
 from minimem.nn.layernorm import layernorm_autodiff, layernorm_backward, layernorm_forward, layernorm_init
@@ -56,8 +57,7 @@ class PatchTransformerModel:
         Hi, Wi, C = (int(n) for n in image_shape)
         for name, value in (("patch", patch), ("D", D), ("heads", heads), ("layers", layers),
                             ("mlp_ratio", mlp_ratio), ("C", C)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1; got {value!r}")
+            check_int(name, value, 1)
         if Hi % patch or Wi % patch or Hi < 1 or Wi < 1:
             raise ValueError(f"image sides {Hi} x {Wi} must be positive multiples of the patch side {patch}")
         if D % heads:
