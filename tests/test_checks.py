@@ -69,3 +69,20 @@ def test_config_integer_fields_use_check_int(case):
     for bad in (True, float(minimum + 1), minimum - 1):
         with pytest.raises(ValueError, match=rf"^{prefix} must be an integer >= {minimum}; got "):
             cls(**{**kwargs, field: bad})
+
+
+def test_bools_are_not_integers_in_the_vma_and_few_shot_options():
+    """True == 1 in Python, but an option given as a bool is a mistake: VMA's N, n_dummy and top_k,
+    the few-shot metrics' K_b and the NAM Transformer's head_mlp reject it (np.int64 stays fine)."""
+    from minimem.memory.nam_transformer import NAMTransformerConfig
+    from minimem.memory.vma import VMAConfig
+    with pytest.raises(ValueError, match=r"top_k \(if not None\) must be an integer >= 1; got True"):
+        VMAConfig(X=16, memory="few_shot", top_k=True)
+    with pytest.raises(ValueError, match="n_dummy must be an integer >= 0; got True"):
+        VMAConfig(X=16, memory="few_shot", n_dummy=True)
+    with pytest.raises(ValueError, match="learned mode needs N >= 1"):
+        VMAConfig(X=16, memory="learned", N=True)
+    assert VMAConfig(X=16, memory="few_shot", top_k=np.int64(2)).top_k == 2
+    assert NAMTransformerConfig(V=5, classes=3, T_max=4, head_mlp=np.int64(8)).head_mlp == 8
+    with pytest.raises(ValueError, match=r"head_mlp \(if not None\) must be an integer >= 1"):
+        NAMTransformerConfig(V=5, classes=3, T_max=4, head_mlp=0)

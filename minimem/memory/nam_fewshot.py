@@ -342,7 +342,7 @@ def few_shot_metrics(logits: np.ndarray, labels: np.ndarray, K_b: int) -> dict:
         raise ValueError(f"labels must be an int array shaped like logits without C, {logits.shape[:-1]}; "
                          f"got {labels.dtype} {labels.shape}")
     C = logits.shape[-1]
-    if not (isinstance(K_b, (int, np.integer)) and 1 <= K_b < C):
+    if isinstance(K_b, (bool, np.bool_)) or not (isinstance(K_b, (int, np.integer)) and 1 <= K_b < C):
         raise ValueError(f"K_b must be an int in 1..C-1 = 1..{C - 1}; got {K_b!r}")
     if np.any(labels < 0) or np.any(labels >= C):
         raise ValueError(f"labels must lie in 0..C-1 = 0..{C - 1}")

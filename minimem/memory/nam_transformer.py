@@ -316,9 +316,8 @@ class NAMTransformerConfig:
     def __post_init__(self) -> None:
         for name in ("V", "classes", "T_max", "D", "heads", "layers", "mlp", "chunk"):
             check_int(f"NAMTransformerConfig.{name}", getattr(self, name), 1)
-        if self.head_mlp is not None and (isinstance(self.head_mlp, bool) or not isinstance(self.head_mlp, int)
-                                          or self.head_mlp < 1):
-            raise ValueError(f"NAMTransformerConfig.head_mlp must be None or an integer >= 1; got {self.head_mlp!r}")
+        if self.head_mlp is not None:
+            check_int("NAMTransformerConfig.head_mlp (if not None)", self.head_mlp, 1)
         if self.D % self.heads:
             raise ValueError(f"NAMTransformerConfig.D={self.D} must be divisible by heads={self.heads}")
         for name, allowed in (("attention", ATTENTIONS), ("readout", READOUTS), ("positions", POSITIONS),

@@ -138,16 +138,16 @@ class VMAConfig:
                                      ("dtype", self.dtype, ("float64", "float32"))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
-        if self.memory == "learned" and (not isinstance(self.N, (int, np.integer)) or self.N < 1):
+        if self.memory == "learned" and (isinstance(self.N, (bool, np.bool_)) or not isinstance(self.N, (int, np.integer))
+                                         or self.N < 1):
             raise ValueError(f"learned mode needs N >= 1 templates; got N={self.N!r}")
         if self.memory == "few_shot" and self.N != 0:
             raise ValueError(f"N is set by the memory in few-shot mode (M is (B, N, X)); leave N=0, got {self.N}")
-        if not isinstance(self.n_dummy, (int, np.integer)) or self.n_dummy < 0:
-            raise ValueError(f"n_dummy must be an integer >= 0; got {self.n_dummy!r}")
+        check_int("n_dummy", self.n_dummy, 0)
         if self.memory == "learned" and self.n_dummy:
             raise ValueError("n_dummy entries are for few-shot mode; in learned mode every slot is learned")
-        if self.top_k is not None and (not isinstance(self.top_k, (int, np.integer)) or self.top_k < 1):
-            raise ValueError(f"top_k must be None or an integer >= 1; got {self.top_k!r}")
+        if self.top_k is not None:
+            check_int("top_k (if not None)", self.top_k, 1)
         if not 0.0 < self.mean_pixel < 1.0:
             raise ValueError(f"mean_pixel must be in (0, 1); got {self.mean_pixel}")
 
