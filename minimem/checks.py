@@ -19,6 +19,16 @@ def check_int(name: str, value, minimum: int, maximum: int | None = None) -> int
     return int(value)
 
 
+def check_slot_count(symbol: str, meaning: str, value, N: int) -> int:
+    """value as int if it is an integer with 1 <= value <= N, the number of memory slots; the message
+    names the symbol, what it counts and N: "K (slots read per head) must satisfy 1 <= K <= N = 8"."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{symbol} ({meaning}) must be an integer; got {value!r}")
+    if not 1 <= value <= N:
+        raise ValueError(f"{symbol} ({meaning}) must satisfy 1 <= {symbol} <= N = {N}; got {symbol} = {value}")
+    return int(value)
+
+
 def check_probability(name: str, value) -> float:
     """value as float if it is a real number (not a bool) in [0, 1]."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \

@@ -86,3 +86,12 @@ def test_bools_are_not_integers_in_the_vma_and_few_shot_options():
     assert NAMTransformerConfig(V=5, classes=3, T_max=4, head_mlp=np.int64(8)).head_mlp == 8
     with pytest.raises(ValueError, match=r"head_mlp \(if not None\) must be an integer >= 1"):
         NAMTransformerConfig(V=5, classes=3, T_max=4, head_mlp=0)
+
+
+def test_check_slot_count():
+    from minimem.checks import check_slot_count
+    assert check_slot_count("K", "slots read per head", np.int64(3), 4) == 3
+    with pytest.raises(ValueError, match=r"K \(slots read per head\) must satisfy 1 <= K <= N = 4; got K = 5"):
+        check_slot_count("K", "slots read per head", 5, 4)
+    with pytest.raises(ValueError, match=r"K_L \(link sparsity\) must be an integer; got True"):
+        check_slot_count("K_L", "link sparsity", True, 4)

@@ -47,6 +47,7 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from minimem.checks import check_slot_count
 from minimem.memory.addressing import ContentCache, content_backward, content_forward, cosine_similarity_forward
 
 INDEX_DTYPE = np.int64        # B N exceeds 2^31 at the paper's sizes (C.5)
@@ -55,11 +56,7 @@ INDEX_DTYPE = np.int64        # B N exceeds 2^31 at the paper's sizes (C.5)
 # ----------------------------------------------------------------- validation
 def check_K(K, N: int) -> int:
     """K as an int, or ValueError unless 1 <= K <= N (spec C.11)."""
-    if isinstance(K, (bool, np.bool_)) or not isinstance(K, (int, np.integer)):
-        raise ValueError(f"K (slots read per head) must be an integer; got {K!r}")
-    if not 1 <= K <= N:
-        raise ValueError(f"K (slots read per head) must satisfy 1 <= K <= N = {N}; got K = {K}")
-    return int(K)
+    return check_slot_count("K", "slots read per head", K, N)
 
 
 def _as_rows(M: np.ndarray, name: str = "M") -> np.ndarray:

@@ -79,16 +79,13 @@ from typing import NamedTuple
 import numpy as np
 import scipy.sparse as sp
 
+from minimem.checks import check_slot_count
 from minimem.memory.sam_sparse import INDEX_DTYPE, _csr, top_k_slots
 
 
 def check_K_L(K_L, N: int) -> int:
     """K_L as an int, or ValueError unless 1 <= K_L <= N (spec D.2)."""
-    if isinstance(K_L, (bool, np.bool_)) or not isinstance(K_L, (int, np.integer)):
-        raise ValueError(f"K_L (link sparsity) must be an integer; got {K_L!r}")
-    if not 1 <= K_L <= N:
-        raise ValueError(f"K_L (link sparsity) must satisfy 1 <= K_L <= N = {N}; got K_L = {K_L}")
-    return int(K_L)
+    return check_slot_count("K_L", "link sparsity", K_L, N)
 
 
 # ----------------------------------------------------------------- the two layouts

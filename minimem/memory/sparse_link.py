@@ -52,6 +52,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minimem import autodiff as ad
+from minimem.checks import check_slot_count
 from minimem.memory.allocation import _real, _weighting
 from minimem.memory.linkage import LinkCache, link_autodiff, link_backward, link_forward
 
@@ -60,11 +61,7 @@ DEFAULT_K = 8      # "K = 8 appears sufficient" (Methods); Extended Data Fig. 4 
 
 def check_link_K(K, N: int) -> int:
     """K as an int, or ValueError unless K is an integer with 1 <= K <= N."""
-    if isinstance(K, (bool, np.bool_)) or not isinstance(K, (int, np.integer)):
-        raise ValueError(f"K (sparse link entries kept) must be an integer; got {K!r}")
-    if not 1 <= K <= N:
-        raise ValueError(f"K (sparse link entries kept) must satisfy 1 <= K <= N = {N}; got K = {K}")
-    return int(K)
+    return check_slot_count("K", "sparse link entries kept", K, N)
 
 
 def top_k_slots(v: np.ndarray, K: int) -> np.ndarray:
