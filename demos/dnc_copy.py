@@ -3,9 +3,9 @@ calibration of spec E.4: N 16, W 8, R 2, LSTM 64, oneplus strengths, usage floor
 with one length per batch, Adam 3e-3 halved after the first solve, global-norm clip 10; evaluation
 = bit errors per sequence on 4 fresh batches of 32 every 100 steps (chance is about 13.5).
 
-    python demos/dnc_copy.py          # 2-5 min on 2 busy cores (measured 119 s, 183 s, 208 s, and
-                                      # 282 s at load average ~8); final eval 0 bit errors per
-                                      # sequence (measured, seed 0)
+    python demos/dnc_copy.py          # 67 s on a quiet machine (2026-11-22, after the speed work;
+                                      # earlier 119-282 s on 2 busy cores); final eval 0 bit errors
+                                      # per sequence (measured, seed 0)
     python demos/dnc_copy.py --quick  # 2.5-6 s (measured); the tests run this and check that the
                                       # loss fell (measured 8.7 -> 4.7 nats per sequence)
 
@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser

@@ -4,12 +4,17 @@ delta 0.005, exact top-K, batch 16 with one length per batch, Adam 3e-3 halved a
 solve, global-norm clip 10; evaluation = bit errors per sequence on 4 fresh batches of 32 every 100
 steps (chance is about 13.5).
 
-    python demos/sam_copy.py          # 6.3 min on 2 busy cores; 0 bit errors (measured, seed 0)
+    python demos/sam_copy.py          # 78 s on a quiet machine (2026-11-22, after the speed work;
+                                      # 6.3 min earlier on 2 busy cores); 0 bit errors (seed 0)
     python demos/sam_copy.py --quick  # 17 s; the tests run this and check that the loss fell
 
 Measured (seed 0, 3,000 steps, 377 s with other jobs on both cores): evaluation bit errors per
 sequence first below 1 at step 1,000, below 0.25 (the rate halves) at 1,200, 0 at every evaluation
-from 1,800 to 3,000 except 0.008 at 2,500 and 2,600; best 0 (first at step 1,400). The spec's
+from 1,800 to 3,000 except 0.008 at 2,500 and 2,600; best 0 (first at step 1,400). Re-run on
+2026-11-22 after the controller's hoisted LSTM steps (same seed; sums in a different order, so the
+run drifts after a few hundred steps; 78 s on a quiet machine): first below 1 at 1,000, below 0.25
+at 1,200, first 0 at 1,300, then 0 at most evaluations with blips of 0.008-0.28 at 1,500, 2,400,
+2,600 and 2,900; final 0. The spec's
 reference run (E.4, Adam 3e-3 throughout): first < 1 at 900, exactly 0 at 1,500, a divergence spike
 to 7 errors at 2,500 - halving the rate after the first solve removed that spike here.
 Float32 (--dtype float32, seed 0, 123 s at a load average of ~4): first below 1 not until 1,200

@@ -71,6 +71,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, see minimem/__init__.py)
 import numpy as np
 
 from minimem import init
