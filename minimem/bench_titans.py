@@ -4,8 +4,8 @@ run (bench.time_side_by_side); only ratios are claimed.
 
     chunked      forward + backward of one LMM layer (TitansLMM, spec A5 defaults with D = 64: one
                  head, d = 64, two-layer SiLU memory h = 128, K_c = 4, output path) at T = 1024 and
-                 4096, batch 2: the sequential model (chunk b = 1, one token per step) against the
-                 chunked form with b = 16 and b = 64. The chunked form is a different model (spec
+                 4096, batch 2, float64 and float32 (the same numbers cast): the sequential model
+                 (chunk b = 1, one token per step) against the chunked form with b = 16 and b = 64. The chunked form is a different model (spec
                  pitfall P2), so this compares the cost of the two ways to run an LMM layer, not
                  two schedules of one computation. lucidrains/titans-pytorch is commonly run at this
                  configuration (dim 64, chunk 16/64, seq 1024/4096, batch 2); its times per forward +
@@ -15,7 +15,7 @@ run (bench.time_side_by_side); only ratios are claimed.
                  q, k, v, alpha, eta, theta and M_0, S_0 taken from the layer's own cache, dy from its
                  output path; b = 64's dy for every contestant, the cost does not depend on the values):
                  the per-token loop b = 1 against chunked b = 16 and b = 64, T = 1024 and 4096, the
-                 chunked rows' sizes. check_layer_recurrence() first holds its reads, and the gradients
+                 chunked rows' sizes, float64 and float32. check_layer_recurrence() first holds its reads, and the gradients
                  it hands back (through lmm_features_backward and the batch sum of dM_0), equal to the
                  layer's own (b = 1 and 4; equal to the last bit: the same functions run).
     engines      manual (hand-derived adjoint, A4.2) against autodiff (minimem.autodiff with
@@ -143,12 +143,12 @@ from minimem.memory.titans_lmm import lmm_scan_backward, lmm_scan_forward
 from minimem.nn.losses import mse_backward, mse_forward
 
 SIZES = {
-    "full": {"lengths": (1024, 4096), "D": 64, "B": 2, "chunks": (16, 64),
+    "full": {"lengths": (1024, 4096), "D": 64, "B": 2, "chunks": (16, 64), "dtypes": ("float64", "float32"),
              "engines": {"T": 32, "D": 16, "B": 2, "chunks": (1, 8)},
              "torch": {"lengths": (1024,), "d": 64, "B": 2, "chunk": 64},
              "torch_layer": {"configs": ((32, 16, 2, (1, 8)), (1024, 64, 2, (16, 64))),
                              "dtypes": ("float64", "float32")}},
-    "quick": {"lengths": (24,), "D": 8, "B": 2, "chunks": (4, 16),
+    "quick": {"lengths": (24,), "D": 8, "B": 2, "chunks": (4, 16), "dtypes": ("float64", "float32"),
               "engines": {"T": 6, "D": 4, "B": 1, "chunks": (1, 3)},
               "torch": {"lengths": (12,), "d": 4, "B": 2, "chunk": 4},
               "torch_layer": {"configs": ((6, 4, 1, (1, 3)),), "dtypes": ("float64", "float32")}},
@@ -174,22 +174,25 @@ def _autodiff_step(model, x: np.ndarray, dout: np.ndarray) -> Callable[[], objec
 
 
 def bench_titans_chunked(rounds: int, quick: bool = False) -> list[dict]:
-    """LMM layer forward + backward: sequential (b = 1) against chunked b = 16 and b = 64."""
+    """LMM layer forward + backward: sequential (b = 1) against chunked b = 16 and b = 64, in
+    float64 and float32 (the same inputs and parameters, cast)."""
     size = SIZES["quick" if quick else "full"]
     D, B = size["D"], size["B"]
     rows = []
-    for T in size["lengths"]:
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((T, B, D))                        # (T, B, D)
-        dout = rng.standard_normal((T, B, D))
-        contestants = {}
-        for b in (1,) + tuple(size["chunks"]):
-            model = TitansLMM(TitansLMMConfig(D=D, chunk=b), rng=np.random.default_rng(1))   # same params for every b
-            contestants[b] = _lmm_step(model, x, dout)
-        t = time_side_by_side(contestants, rounds, inner=1)
-        for b in size["chunks"]:
-            rows.append({"benchmark": f"Titans LMM fwd+bwd T={T} D={D} B={B}", "baseline": "sequential b=1",
-                         "baseline_s": t[1], "candidate": f"chunked b={b}", "candidate_s": t[b]})
+    for dtype in size["dtypes"]:
+        for T in size["lengths"]:
+            rng = np.random.default_rng(0)
+            x = rng.standard_normal((T, B, D)).astype(dtype)          # (T, B, D)
+            dout = rng.standard_normal((T, B, D)).astype(dtype)
+            contestants = {}
+            for b in (1,) + tuple(size["chunks"]):
+                model = TitansLMM(TitansLMMConfig(D=D, chunk=b), rng=np.random.default_rng(1),   # same params for every b
+                                  dtype=np.dtype(dtype))
+                contestants[b] = _lmm_step(model, x, dout)
+            t = time_side_by_side(contestants, rounds, inner=1)
+            for b in size["chunks"]:
+                rows.append({"benchmark": f"Titans LMM fwd+bwd T={T} D={D} B={B} {dtype}", "baseline": "sequential b=1",
+                             "baseline_s": t[1], "candidate": f"chunked b={b}", "candidate_s": t[b]})
     return rows
 
 
@@ -256,15 +259,18 @@ def bench_titans_recurrence(rounds: int, quick: bool = False) -> list[dict]:
     size = SIZES["quick" if quick else "full"]
     D, B = size["D"], size["B"]
     rows = []
-    for T in size["lengths"]:
-        problem, config, _ = layer_recurrence_problem(T, B, D, size["chunks"][-1])
-        contestants = {b: _recurrence_step(problem, b, config) for b in (1,) + tuple(size["chunks"])}
-        t = time_side_by_side(contestants, rounds, inner=1)
-        for b in size["chunks"]:
-            rows.append({"benchmark": f"Titans LMM recurrence fwd+bwd T={T} d={config.head_width} "
-                                      f"h={config.hidden_width} B={B}",
-                         "baseline": "per-token loop b=1", "baseline_s": t[1],
-                         "candidate": f"chunked b={b}", "candidate_s": t[b]})
+    for dtype in size["dtypes"]:
+        for T in size["lengths"]:
+            problem, config, _ = layer_recurrence_problem(T, B, D, size["chunks"][-1])
+            problem = tuple(tuple(x.astype(dtype) for x in part) if isinstance(part, tuple) else part.astype(dtype)
+                            for part in problem)                  # float32: the float64 problem, cast
+            contestants = {b: _recurrence_step(problem, b, config) for b in (1,) + tuple(size["chunks"])}
+            t = time_side_by_side(contestants, rounds, inner=1)
+            for b in size["chunks"]:
+                rows.append({"benchmark": f"Titans LMM recurrence fwd+bwd T={T} d={config.head_width} "
+                                          f"h={config.hidden_width} B={B} {dtype}",
+                             "baseline": "per-token loop b=1", "baseline_s": t[1],
+                             "candidate": f"chunked b={b}", "candidate_s": t[b]})
     return rows
 
 

@@ -22,8 +22,8 @@ def test_benchmarks_return_bench_rows_at_the_quick_size():
                           "titans_torch_recurrence"}
     rows = {name: fn(1) for name, fn in found.items()}
     quick = SIZES["quick"]
-    assert len(rows["titans_chunked"]) == len(quick["lengths"]) * len(quick["chunks"])
-    assert len(rows["titans_recurrence"]) == len(quick["lengths"]) * len(quick["chunks"])
+    per_family = len(quick["dtypes"]) * len(quick["lengths"]) * len(quick["chunks"])
+    assert len(rows["titans_chunked"]) == per_family and len(rows["titans_recurrence"]) == per_family
     assert len(rows["titans_engines"]) == len(quick["engines"]["chunks"]) + 1
     has_torch = bench_titans.torch_available()
     assert len(rows["titans_torch_recurrence"]) == (len(quick["torch"]["lengths"]) if has_torch else 0)
@@ -34,8 +34,12 @@ def test_benchmarks_return_bench_rows_at_the_quick_size():
         assert {"benchmark", "baseline", "baseline_s", "candidate", "candidate_s"} <= set(row)
         assert math.isfinite(row["baseline_s"]) and row["baseline_s"] > 0
         assert math.isfinite(row["candidate_s"]) and row["candidate_s"] > 0
-    assert [r["candidate"] for r in rows["titans_chunked"]] == [f"chunked b={b}" for b in quick["chunks"]]
-    assert [r["candidate"] for r in rows["titans_recurrence"]] == [f"chunked b={b}" for b in quick["chunks"]]
+    chunked = [f"chunked b={b}" for b in quick["chunks"]] * (len(quick["dtypes"]) * len(quick["lengths"]))
+    assert [r["candidate"] for r in rows["titans_chunked"]] == chunked
+    assert [r["candidate"] for r in rows["titans_recurrence"]] == chunked
+    for name in ("titans_chunked", "titans_recurrence"):                  # both precisions, named in the row
+        assert [r["benchmark"].split()[-1] for r in rows[name]] == \
+            [dtype for dtype in quick["dtypes"] for _ in range(len(quick["lengths"]) * len(quick["chunks"]))]
     assert {r["baseline"] for r in rows["titans_recurrence"]} == {"per-token loop b=1"}
     assert {r["baseline"] for r in rows["titans_engines"]} == {"manual"}
     if has_torch:

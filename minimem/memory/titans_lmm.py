@@ -182,7 +182,7 @@ def _tokens_first(x: np.ndarray) -> np.ndarray:
 
 def _rowdot(X: np.ndarray, Y: np.ndarray) -> np.ndarray:
     """Row-wise dot products: (..., n, a), (..., n, a) -> (..., n)."""
-    return np.einsum("...i,...i->...", X, Y)
+    return np.vecdot(X, Y)
 
 
 # ----------------------------------------------------------------- memory for the chunk caches
@@ -209,6 +209,7 @@ class ChunkArena:
         hidden = sum(_padded(B * H * n * widths[l]) for l in range(1, L))  # one (B, H, n, n_l) per hidden layer
         return (2 * sum(_padded(B * H * widths[l - 1] * widths[l]) for l in range(1, L + 1))   # M_n, S_n
                 + 5 * hidden + sum(_padded(B * H * n * widths[l]) for l in range(1, L + 1))    # z, d1, pd2, reads' z, d1; deltas
+                + L * _padded(B * H * n * n)                                                # Z_l X_l^T
                 + _padded(B * H * (n + 1) ** 2) + _padded(B * H * (n + 1) * n)              # PA, K0
                 + 2 * _padded(B * H * (n + 1) * (n + 2)))                                   # P_M, P_S
 
@@ -266,6 +267,7 @@ class ChunkCache(NamedTuple):
     P_M: np.ndarray      # (B, H, n+1, n+2) (A17): M_tau = P_M[tau] . [M_s, S_s, u_1..u_n]
     P_S: np.ndarray      # (B, H, n+1, n+2) (A18)
     rows: list           # Z_1 = q, Z_2 .. Z_L: the read inputs of every layer (B, H, n, .)
+    zx: list             # Z_l X_l^T (B, H, n, n): [j, i] = rho_j . x_i, every layer
     d1: list             # phi'(A_l) of the reads, l = 1 .. L-1
     read_after_write: bool
 
@@ -313,18 +315,18 @@ def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", r
     np.multiply(LE, minus_theta, out=P_S[..., 1:, 2:])           # -LE[tau, i] theta_i
     read = P_M[..., 1:, :] if read_after_write else P_M[..., :-1, :]    # token tau reads M_tau or M_{tau-1}
     c_beta, c_m, C = read[..., 0:1], read[..., 1:2], read[..., 2:]
-    rows, d1 = [], []
+    rows, zxs, d1 = [], [], []
     z = q
     for l, (W, S, x, delta) in enumerate(zip(M_s, S_s, xs, deltas)):   # (A15) with per-token weights
         rows.append(z)
-        zx = z @ _T(x)                                           # (B, H, n, n): [j, i] = rho_j . x_i
+        zx = np.matmul(z, _T(x), out=take((B, H, n, n)))         # [j, i] = rho_j . x_i (kept for the backward)
+        zxs.append(zx)
         a = z @ W                                                # (B, H, n, n_l)
         a *= c_beta
         zS = z @ S
         zS *= c_m
         a += zS
-        zx *= C
-        a += zx @ delta
+        a += (zx * C) @ delta
         if l < L - 1:
             z, dphi, _ = activation_derivatives(a, phi, second=False, take=take)
             d1.append(dphi)
@@ -346,7 +348,7 @@ def lmm_chunk_forward(M_s, S_s, q, k, v, alpha, eta, theta, phi: str = "silu", r
     K0[..., 1:, :] = Kmat
     PA = arena.keep(PA)                                          # a copy: PE, which shares PA's memory, is not kept
     cache = ChunkCache(tuple(M_s), tuple(S_s), (alpha, eta, theta), inner, PA, PE[..., n, 1:].copy(), K0, P_M,
-                       P_S, rows, d1, read_after_write)
+                       P_S, rows, zxs, d1, read_after_write)
     return _tokens_first(z), (M_n, S_n), cache
 
 
@@ -355,7 +357,7 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     """Adjoint of lmm_chunk_forward (A4.2, the token loop solved in dual form; see the module
     docstring). dy (n, B, H, d) is the reads' gradient; dM_n, dS_n the gradients of the chunk-end
     state arriving from later chunks (carried). second_order=False drops the ADJ term: wrong on
-    purpose, for demonstrating pitfall P1 only. Z_l X_l^T is formed again (not cached);
+    purpose, for demonstrating pitfall P1 only. Z_l X_l^T comes from the forward (cached);
     g_l Delta_l^T is formed once and used in steps 1, 2 and 4, g_l W_l^T and g_l S_l^T in steps 1 and 2.
 
     Returns:
@@ -366,9 +368,7 @@ def lmm_chunk_backward(dy: np.ndarray, cache: ChunkCache, dM_n: Sequence[np.ndar
     B, H, n = alpha.shape
     L = len(M_s)
     xs, deltas = inner.zs[:L], inner.deltas
-    rows = cache.rows
-    # Z_l X_l^T again (B, H, n, n): one n x n product is cheaper than keeping it for every chunk
-    zx = [rho @ _T(x) for rho, x in zip(rows, xs)]
+    rows, zx = cache.rows, cache.zx
     reads = slice(1, n + 1) if cache.read_after_write else slice(0, n)   # the state index each token reads
     c_beta, c_m, C = P_M[..., reads, 0:1], P_M[..., reads, 1:2], P_M[..., reads, 2:]
     # 1. back through the reads: the read of token j gives M's layer l the gradient rho_j^T g_j
