@@ -2,6 +2,8 @@
 
     python -m minimem.bench            # or: minimem bench
     python -m minimem.bench --quick    # fewer repeats (what the tests run, to keep this script alive)
+    python -m minimem.bench --isolate  # every benchmark in a fresh Python process of its own
+    python -m minimem.bench --json     # the rows as JSON (one list) instead of the table
 
 Each benchmark interleaves its contestants (a, b, a, b, ...) over several rounds and reports the
 median time of each, so a load spike on the shared machine hits both sides alike. Speed targets live
@@ -14,6 +16,12 @@ during it (tracing slows every allocation). Rows may carry "baseline_bytes" and 
 format_table prints them, "-" where a row has none. Most families store the peak of one call there;
 the SAM scaling rows (minimem.bench_sam) store the memory growth per time step instead.
 
+Isolation: by default every benchmark runs in this one process, one after the other. What ran
+before can move a ratio: the heap the earlier benchmarks leave behind changes how often a step's
+arrays need fresh pages from the system (measured: LSAM's manual / autodiff ratio ranged 2.4-4.1x in
+one process and stayed at ~3.2x run alone). --isolate runs each benchmark in a fresh interpreter
+(`python -m minimem.bench --only NAME --json`, sequentially, never two at once) and gathers the rows.
+
 The header states the machine: machine_description() gives the CPU count, the BLAS NumPy is linked
 to, the BLAS thread variables in force, the Python, NumPy and (when importable) PyTorch versions.
 """
@@ -23,9 +31,12 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 import tracemalloc
 from typing import Callable
@@ -279,11 +290,31 @@ def family_main(benchmarks: Callable[[bool], dict], title: str, prog: str, doc: 
     return 0
 
 
+def _plain_number(value):
+    """json.dumps' fallback: NumPy scalars (a row's np.int64 byte count, say) as Python numbers."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"a benchmark row holds {type(value).__name__}, which JSON cannot store")
+
+
+def run_isolated(name: str, quick: bool) -> list[dict]:
+    """The rows of one benchmark, run in a fresh Python process (`python -m minimem.bench --only NAME
+    --json`); RuntimeError with the child's error output if it fails."""
+    command = [sys.executable, "-m", "minimem.bench", "--only", name, "--json"] + (["--quick"] if quick else [])
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark {name} failed in its own process (exit {done.returncode}):\n{done.stderr}")
+    return json.loads(done.stdout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="minimem bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="few rounds: checks the script runs, numbers are rough")
     parser.add_argument("--only", action="append", metavar="NAME",
                         help="run only these benchmarks (repeatable; default: all)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="run every benchmark in a fresh Python process of its own (one at a time)")
+    parser.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of the table")
     args = parser.parse_args(argv)
     rounds = 2 if args.quick else 7
     found = all_benchmarks(quick=args.quick)
@@ -292,9 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; expected some of {sorted(found)}")
     rows = []
     for name in args.only or list(found):
-        rows += found[name](rounds)
+        rows += run_isolated(name, args.quick) if args.isolate else found[name](rounds)
+    if args.json:
+        print(json.dumps(rows, default=_plain_number))
+        return 0
     print(f"# minimem benchmarks ({rounds} interleaved rounds, medians; memory: tracemalloc peak of one call, "
-          f"measured apart from the timing; SAM scaling rows: memory growth per step)")
+          f"measured apart from the timing; SAM scaling rows: memory growth per step"
+          f"{'; every benchmark in a fresh process' if args.isolate else ''})")
     print(machine_description())
     print(format_table(rows))
     return 0

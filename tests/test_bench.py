@@ -1,5 +1,8 @@
 """The benchmark script must keep running (its numbers are not checked here: no timings in tests)."""
 
+import json
+
+import numpy as np
 import pytest
 
 from minimem import bench
@@ -104,3 +107,24 @@ def test_family_main_runs_one_module_alone(capsys):
     for argv in (["--only", "third"], ["--rounds", "0"]):
         with pytest.raises(SystemExit):
             family_main(benchmarks, "toy benchmarks", "toy", None, argv)
+
+
+def test_json_prints_the_rows_the_table_shows(capsys):
+    assert bench.main(["--quick", "--only", "op_overhead", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["benchmark"] for r in rows] == ["mul 16x128 forward", "mul 16x128 forward+backward",
+                                              "mul 64x512 forward", "mul 64x512 forward+backward"]
+    assert all(r["candidate_s"] > 0 and isinstance(r["baseline_bytes"], int) for r in rows)
+    assert json.loads(json.dumps({"n": np.int64(3), "t": np.float32(0.5)}, default=bench._plain_number)) == \
+        {"n": 3, "t": 0.5}
+    with pytest.raises(TypeError, match="ndarray"):
+        json.dumps({"x": np.zeros(2)}, default=bench._plain_number)
+
+
+def test_isolate_runs_each_benchmark_in_a_fresh_process(capsys):
+    assert bench.main(["--quick", "--isolate", "--only", "op_overhead", "--only", "lstm"]) == 0
+    out = capsys.readouterr().out
+    assert "every benchmark in a fresh process" in out and "# machine:" in out
+    assert out.count("\n| mul ") == 4 and "| LSTM fwd+bwd T=50 B=16 H=128 | manual |" in out
+    with pytest.raises(RuntimeError, match="unknown benchmark"):     # the child's error reaches the caller
+        bench.run_isolated("no_such_benchmark", quick=True)
