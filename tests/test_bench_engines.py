@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from minimem import bench
-from minimem.bench_engines import PROBLEMS, autodiff_step, bench_problems, benchmarks, engine_gradient_difference, \
-    manual_step
+from minimem.bench_engines import (
+    PROBLEMS, autodiff_step, bench_problems, benchmarks, engine_gradient_difference, manual_forward, manual_step,
+)
 
 EXPECTED = {"engines_sam": ["SAM sparse", "SAM dense"], "engines_sdnc": ["SDNC"], "engines_lsam": ["LSAM"],
             "engines_nam_tm": ["NAM-TM"], "engines_nam_fewshot": ["NAM few-shot head"],
@@ -28,7 +29,8 @@ def test_quick_rows_are_well_formed():
         assert [r["benchmark"].split(" fwd+bwd")[0] for r in rows] == labels, name
         for row in rows:
             assert set(row) == {"benchmark", "baseline", "baseline_s", "candidate", "candidate_s",
-                                "baseline_bytes", "candidate_bytes", "grad_diff"}
+                                "baseline_bytes", "candidate_bytes", "grad_diff", "manual_forward_s"}
+            assert math.isfinite(row["manual_forward_s"]) and row["manual_forward_s"] > 0
             assert (row["baseline"], row["candidate"]) == ("manual", "autodiff")
             for key in ("baseline_s", "candidate_s"):
                 assert math.isfinite(row[key]) and row[key] > 0, (name, key)
@@ -75,3 +77,11 @@ def test_main_prints_the_machine_and_the_table(capsys):
     out = capsys.readouterr().out
     assert "# machine:" in out and "BLAS threads:" in out
     assert out.count("| manual |") == 1
+    assert "# ceiling of each ratio, autodiff step / manual forward alone" in out and "NAM few-shot head " in out
+
+
+def test_manual_forward_is_the_forward_of_the_manual_step():
+    problem = PROBLEMS["engines_nam_fewshot"](True)[0]
+    outputs, _ = manual_forward(problem)()
+    expected, _ = problem.model.forward(problem.inputs, *problem.extra)
+    np.testing.assert_array_equal(outputs, expected)
