@@ -51,11 +51,12 @@ import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, s
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_length_generalisation, plot_training_curve
 from minimem.memory.dnc import DNC, DNCConfig
 from minimem.optim import Adam
-from minimem.tasks import bit_errors_per_sequence, make_copy
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.tasks import make_copy
+from minimem.train import (TrainConfig, bit_error_metric, bit_sequence_loss, length_generalisation, loss_ends,
+                           mean_bit_errors, summary_line, train)
 
 
 @dataclass(frozen=True)
@@ -102,28 +103,17 @@ def batch(rng: np.random.Generator, config: Config, size: int):
 def evaluate(model: DNC, config: Config, step: int) -> float:
     """Bit errors per sequence on fresh batches (seeded by the step, so a rerun sees the same ones)."""
     rng = np.random.default_rng([config.seed, 1, step])
-    errors = []
-    for _ in range(config.eval_batches):
-        data = batch(rng, config, config.eval_batch)
-        logits, _ = model.forward(data.inputs)
-        errors.append(bit_errors_per_sequence(logits, data.targets, data.mask))
-    return float(np.mean(errors))
+    return mean_bit_errors(model, (batch(rng, config, config.eval_batch) for _ in range(config.eval_batches)))
 
 
 def generalisation(model: DNC, config: Config) -> list[dict]:
     """Bit errors per sequence, and the fraction of sequences copied without a single wrong bit, for
     every length 1..gen_max_len (gen_sequences fresh sequences each, seeded by the length). Lengths
     above max_len were never trained on; up to N the memory has a free slot for every vector."""
-    rows = []
-    for length in range(1, config.gen_max_len + 1):
-        data = make_copy(np.random.default_rng([config.seed, 3, length]), config.gen_sequences,
-                         num_bits=config.num_bits, min_len=length, max_len=length)
-        logits, _ = model.forward(data.inputs)
-        wrong = ((logits > 0) != (data.targets == 1)).sum(axis=2) * data.mask    # (T, B) wrong bits
-        rows.append({"length": length,
-                     "bit_errors": bit_errors_per_sequence(logits, data.targets, data.mask),
-                     "perfect": float(np.mean(wrong.sum(axis=0) == 0))})
-    return rows
+    return length_generalisation(
+        model, lambda length: make_copy(np.random.default_rng([config.seed, 3, length]), config.gen_sequences,
+                                        num_bits=config.num_bits, min_len=length, max_len=length),
+        range(1, config.gen_max_len + 1))
 
 
 def plot(out: Path, result, evals: list, model: DNC, config: Config, gen_rows: list[dict]) -> list[Path]:
@@ -152,39 +142,24 @@ def plot(out: Path, result, evals: list, model: DNC, config: Config, gen_rows: l
                      min_len=config.max_len, max_len=config.max_len)
     logits, cache = model.forward(data.inputs)
     column = lambda name: np.stack([getattr(s, name)[0] for s in cache.states], axis=-1)   # (..., T)
-    panels = [("inputs (last channel: delimiter)", data.inputs[:, 0].T, "Greys"),
-              ("targets (answer steps only)", data.targets[:, 0].T, "Greys"),
-              ("outputs sigmoid(y)", 1 / (1 + np.exp(-logits[:, 0].T)), "Greys"),
-              ("write weighting w^w", column("w_w"), "viridis")]
+    panels = [("inputs (last channel: delimiter)", data.inputs[:, 0].T, "Greys", "bit"),
+              ("targets (answer steps only)", data.targets[:, 0].T, "Greys", "bit"),
+              ("outputs sigmoid(y)", 1 / (1 + np.exp(-logits[:, 0].T)), "Greys", "bit"),
+              ("write weighting w^w", column("w_w"), "viridis", "slot")]
     w_r = column("w_r")                                                                   # (R, N, T)
-    panels += [(f"read weighting w^r, head {i}", w_r[i], "viridis") for i in range(config.R)]
-    panels.append(("usage u", column("u"), "magma"))
+    panels += [(f"read weighting w^r, head {i}", w_r[i], "viridis", "slot") for i in range(config.R)]
+    panels.append(("usage u", column("u"), "magma", "slot"))
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 1.6 * len(panels) + 0.6), sharex=True)
-    for ax, (title, image, cmap) in zip(axes, panels):
-        ax.imshow(image, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("slot" if image.shape[0] == config.N else "bit", fontsize=8)
+    plot_image_rows(axes, panels)
     axes[-1].set_xlabel("time step")
     fig.suptitle(f"DNC copy, one sequence of length {config.max_len}: write, then read back in order")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
 
-    lengths = np.array([row["length"] for row in gen_rows])
     fig, (ax_err, ax_ok) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    for ax in (ax_err, ax_ok):
-        ax.axvspan(config.min_len - 0.5, config.max_len + 0.5, color="C2", alpha=0.12, lw=0,
-                   label=f"trained lengths {config.min_len}-{config.max_len}")
-    ax_err.plot(lengths, [row["bit_errors"] for row in gen_rows], "o-", color="C3", label="DNC")
-    ax_err.plot(lengths, lengths * config.num_bits / 2, "--", color="0.5", label="chance (half the bits)")
-    ax_err.set_yscale("symlog", linthresh=0.1)
-    ax_err.set_ylabel("bit errors per sequence")
-    ax_err.legend(fontsize=8)
-    ax_ok.plot(lengths, [row["perfect"] for row in gen_rows], "s-", color="C0")
-    ax_ok.set_ylim(-0.05, 1.05)
-    ax_ok.set_ylabel("sequences copied perfectly")
-    ax_ok.set_xlabel(f"sequence length ({config.gen_sequences} fresh sequences each; N = {config.N} slots)")
-    ax_ok.set_xticks(lengths)
+    plot_length_generalisation(ax_err, ax_ok, gen_rows, (config.min_len, config.max_len), config.num_bits,
+                               "DNC", config.gen_sequences, config.N)
     fig.suptitle(f"DNC copy: generalisation beyond the trained lengths {config.min_len}-{config.max_len}")
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
@@ -209,9 +184,6 @@ def main(argv: list[str] | None = None) -> dict:
         data = batch(rng, config, config.batch)
         return data.inputs, (data.targets, data.mask)
 
-    def metric_fn(outputs, targets):
-        return bit_errors_per_sequence(outputs, *targets)
-
     def lr_schedule(step):
         progress["step"] = step + 1              # evaluations run after this step's update
         return config.lr if progress["solved"] is None else config.lr / 2
@@ -225,13 +197,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
-                   eval_fn=eval_fn, metric_fn=metric_fn, lr_schedule=lr_schedule,
+                   eval_fn=eval_fn, metric_fn=bit_error_metric, lr_schedule=lr_schedule,
                    log=lambda line: print(line, flush=True), metric_name="bit errors")
     best = min(result.evals, key=lambda e: e["bit_errors"])
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses)
     summary = {
-        "final_loss": float(np.mean(result.losses[-tail:])),
-        "first_loss": float(np.mean(result.losses[:tail])),
+        "final_loss": final_loss,
+        "first_loss": first_loss,
         "bit_errors": result.evals[-1]["bit_errors"],
         "best_bit_errors": best["bit_errors"],
         "best_step": best["step"],
@@ -246,8 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["seconds"] = time.perf_counter() - started
     if not args.no_plots:
         summary["plots"] = [str(p) for p in plot(Path(args.out), result, result.evals, model, config, gen_rows)]
-    print("dnc_copy: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in summary.items() if k != "generalisation"), flush=True)
+    print(summary_line("dnc_copy", summary, skip=("generalisation",)), flush=True)
     return summary
 
 

@@ -51,11 +51,11 @@ import minimem  # noqa: F401  (first: single-threaded BLAS before NumPy loads, s
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_training_curve
 from minimem.memory.dnc import DNC, DNCConfig
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, make_deepmind_repeat_copy
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.train import TrainConfig, bit_error_metric, bit_sequence_loss, loss_ends, summary_line, train
 
 
 @dataclass(frozen=True)
@@ -156,18 +156,15 @@ def plot(out: Path, result, model: DNC, config: Config) -> list[Path]:
     column = lambda name: np.stack([getattr(s, name)[0] for s in cache.states], axis=-1)   # (..., T)
     nb = config.num_bits
     panels = [(f"inputs (channel {nb}: start flag, {nb + 1}: repeat count n/{config.norm_max:g})",
-               data.inputs[:, 0].T, "Greys"),
-              (f"targets (channel {nb}: end marker)", data.targets[:, 0].T, "Greys"),
-              ("outputs sigmoid(y)", 1 / (1 + np.exp(-logits[:, 0].T)), "Greys"),
-              ("write weighting w^w", column("w_w"), "viridis")]
+               data.inputs[:, 0].T, "Greys", "bit"),
+              (f"targets (channel {nb}: end marker)", data.targets[:, 0].T, "Greys", "bit"),
+              ("outputs sigmoid(y)", 1 / (1 + np.exp(-logits[:, 0].T)), "Greys", "bit"),
+              ("write weighting w^w", column("w_w"), "viridis", "slot")]
     w_r = column("w_r")                                                                   # (R, N, T)
-    panels += [(f"read weighting w^r, head {i}", w_r[i], "viridis") for i in range(config.R)]
-    panels.append(("usage u", column("u"), "magma"))
+    panels += [(f"read weighting w^r, head {i}", w_r[i], "viridis", "slot") for i in range(config.R)]
+    panels.append(("usage u", column("u"), "magma", "slot"))
     fig, axes = plt.subplots(len(panels) + 1, 1, figsize=(7, 1.35 * len(panels) + 2.2), sharex=True)
-    for ax, (title, image, cmap) in zip(axes, panels):
-        ax.imshow(image, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("slot" if image.shape[0] == config.N else "bit", fontsize=8)
+    plot_image_rows(axes, panels)                                             # the last Axes: the gates
     gates = [s.interface.parsed for s in cache.steps]
     steps = np.arange(len(gates))
     ax = axes[-1]
@@ -202,20 +199,17 @@ def main(argv: list[str] | None = None) -> dict:
         data = batch(rng, config, config.batch)
         return data.inputs, (data.targets, data.mask)
 
-    def metric_fn(outputs, targets):
-        return bit_errors_per_sequence(outputs, *targets)
-
     result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
-                   eval_fn=lambda model: evaluate(model, config, progress["step"]), metric_fn=metric_fn,
+                   eval_fn=lambda model: evaluate(model, config, progress["step"]), metric_fn=bit_error_metric,
                    log=lambda line: print(line, flush=True), metric_name="bit errors")
     best = min(result.evals, key=lambda e: e["bit_errors"])
     first_zero = next((e["step"] for e in result.evals if e["bit_errors"] == 0.0), None)
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses)
     summary = {
-        "final_loss": float(np.mean(result.losses[-tail:])),
-        "first_loss": float(np.mean(result.losses[:tail])),
+        "final_loss": final_loss,
+        "first_loss": first_loss,
         "bit_errors": result.evals[-1]["bit_errors"],
         "eval_loss": result.evals[-1]["loss"],
         "best_bit_errors": best["bit_errors"],
@@ -225,8 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if not args.no_plots:
         summary["plots"] = [str(p) for p in plot(Path(args.out), result, model, config)]
-    print("dnc_repeat_copy: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                          for k, v in summary.items()), flush=True)
+    print(summary_line("dnc_repeat_copy", summary), flush=True)
     return summary
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from minimem.demo_options import config_from_args, config_parser
 from minimem.memory.mnm_oneshot import MNMOneShot, OneShotConfig
 from minimem.optim import Adam
-from minimem.train import TrainConfig, train
+from minimem.train import TrainConfig, loss_ends, train
 
 
 @dataclass(frozen=True)
@@ -154,9 +154,9 @@ def run(config: Config, writer: str, episodes) -> dict:
                    eval_fn=lambda m: {"mse": unseen_mse(m, episodes, config.P)},
                    log=lambda line: print(f"  {writer}: {line}", flush=True))
     beta = config.beta_max / (1.0 + np.exp(-float(model.params["beta.b"][0])))   # beta_max sigma(b)
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses)
     return {"writer": writer, "before": before, "after": result.evals[-1]["mse"], "beta": beta,
-            "first_loss": float(np.mean(result.losses[:tail])), "final_loss": float(np.mean(result.losses[-tail:])),
+            "first_loss": first_loss, "final_loss": final_loss,
             "losses": result.losses, "evals": result.evals, "seconds": result.seconds, "model": model}
 
 

@@ -42,7 +42,7 @@ from minimem.demo_options import config_from_args, config_parser
 from minimem.demo_plots import running_mean
 from minimem.memory.mnm_oneshot import MNMOneShot, OneShotConfig, make_episodes, nearest_value_accuracy
 from minimem.optim import Adam
-from minimem.train import TrainConfig, train
+from minimem.train import TrainConfig, loss_ends, train
 
 
 @dataclass(frozen=True)
@@ -118,9 +118,9 @@ def run(config: Config, writer: str, P: int) -> dict:
                    eval_fn=lambda m: {"accuracy": evaluate(m, config, P)},
                    log=lambda line: print(f"  {writer} P={P}: {line}", flush=True))
     beta = config.beta_max / (1.0 + np.exp(-float(model.params["beta.b"][0])))
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses)
     return {"writer": writer, "P": P, "before": before, "after": result.evals[-1]["accuracy"], "beta": beta,
-            "first_loss": float(np.mean(result.losses[:tail])), "final_loss": float(np.mean(result.losses[-tail:])),
+            "first_loss": first_loss, "final_loss": final_loss,
             "losses": result.losses, "evals": result.evals, "seconds": result.seconds, "model": model}
 
 

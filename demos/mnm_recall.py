@@ -47,7 +47,7 @@ from minimem.demo_options import config_from_args, config_parser
 from minimem.demo_plots import running_mean
 from minimem.memory.mnm import MNM, MNMConfig
 from minimem.optim import Adam
-from minimem.train import TrainConfig, TrainingDiverged, train
+from minimem.train import TrainConfig, TrainingDiverged, loss_ends, train
 
 K = 16   # key and value vocabulary
 
@@ -210,11 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
     evals = [{"step": 0, "accuracy": before}] + list(result.evals)
     after = evals[-1]["accuracy"]
     first_high = next((e["step"] for e in evals if e["accuracy"] >= 0.9), None)
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses) if result.losses else (None, None)
     summary = {"before": before, "after": after, "after_step": evals[-1]["step"], "guess": levels["guess"],
                "first_step_above_0.9": first_high, "diverged": diverged, "steps_done": result.step,
-               "first_loss": float(np.mean(result.losses[:tail])) if result.losses else None,
-               "final_loss": float(np.mean(result.losses[-tail:])) if result.losses else None,
+               "first_loss": first_loss, "final_loss": final_loss,
                "seconds": time.perf_counter() - started}
     print(f"mnm_recall: accuracy {before:.3f} -> {after:.3f} (eval at step {evals[-1]['step']}) after "
           f"{result.step} steps; first eval >= 0.9 at {first_high}; {summary['seconds']:.0f}s", flush=True)

@@ -56,11 +56,11 @@ from pathlib import Path
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_training_curve
 from minimem.memory.ntm import NTM, NTMConfig
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_associative_recall
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.train import TrainConfig, bit_error_metric, bit_sequence_loss, loss_ends, train, wrong_bits_per_sequence
 
 
 @dataclass(frozen=True)
@@ -117,8 +117,7 @@ def evaluate(model: NTM, held_out: list) -> dict[str, float]:
         values["loss"].append(bit_sequence_loss(ys, (target, mask))[0])
         values["bits"].append(bits_per_sequence(ys, target, mask))
         values["bit_errors"].append(bit_errors_per_sequence(ys, target, mask))
-        wrong = np.sum(mask * np.sum((ys > 0) != (target == 1), axis=2), axis=0)     # (B,)
-        values["perfect"].append(np.mean(wrong == 0))
+        values["perfect"].append(np.mean(wrong_bits_per_sequence(ys, target, mask) == 0))
     return {name: float(np.mean(v)) for name, v in values.items()}
 
 
@@ -157,16 +156,13 @@ def plot(cfg: Config, result, evals: list, model: NTM, example) -> list[str]:
     inputs, (target, mask) = example                          # one sequence, B = 1
     ys, cache = model.forward(inputs)
     internals = cache.internals()
-    panels = [("input (last rows: item and query delimiters)", inputs[:, 0].T, "Greys"),
-              ("target", (target[:, 0] * mask[:, :1]).T, "Greys"),
-              ("output sigmoid(y) on the answer steps", (1 / (1 + np.exp(-ys[:, 0])) * mask[:, :1]).T, "Greys"),
-              ("write weighting", internals["write_weightings"][:, 0, 0].T, "viridis"),
-              ("read weighting", internals["read_weightings"][:, 0, 0].T, "viridis")]
+    panels = [("input (last rows: item and query delimiters)", inputs[:, 0].T, "Greys", "bit"),
+              ("target", (target[:, 0] * mask[:, :1]).T, "Greys", "bit"),
+              ("output sigmoid(y) on the answer steps", (1 / (1 + np.exp(-ys[:, 0])) * mask[:, :1]).T, "Greys", "bit"),
+              ("write weighting", internals["write_weightings"][:, 0, 0].T, "viridis", "slot"),
+              ("read weighting", internals["read_weightings"][:, 0, 0].T, "viridis", "slot")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 9), sharex=True)
-    for ax, (title, image, cmap) in zip(axes, panels):
-        ax.imshow(image, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("slot" if "weighting" in title else "bit", fontsize=8)
+    plot_image_rows(axes, panels)
     axes[-1].set_xlabel("time step")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
@@ -208,16 +204,15 @@ def main(argv=None) -> dict:
                    TrainConfig(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                                clip=cfg.clip, seed=cfg.seed),
                    eval_fn=eval_fn, metric_name="bit_errors",
-                   metric_fn=lambda ys, t: bit_errors_per_sequence(ys, t[0], t[1]),
+                   metric_fn=bit_error_metric,
                    lr_schedule=lr_schedule, log=lambda line: print(line, flush=True))
     final = result.evals[-1]
     example = recall_batch(np.random.default_rng([cfg.seed, 2_000_003]), cfg, 1, items=cfg.max_items)
     paths = plot(cfg, result, result.evals, model, example)
     seconds = time.perf_counter() - started
-    tail = max(1, len(result.losses) // 10)
+    first_train_loss, last_train_loss = loss_ends(result.losses)
     summary = {"initial_loss": initial["loss"], "final_loss": final["loss"],
-               "first_train_loss": float(np.mean(result.losses[:tail])),
-               "last_train_loss": float(np.mean(result.losses[-tail:])),
+               "first_train_loss": first_train_loss, "last_train_loss": last_train_loss,
                "bits_per_sequence": final["bits"], "bit_errors": final["bit_errors"], "perfect": final["perfect"],
                "best_bit_errors": float(best["bit_errors"]), "best_step": best.get("step"),
                "first_solve_step": state["solved"], "steps": result.step, "seconds": seconds, "plots": paths}

@@ -90,11 +90,12 @@ from pathlib import Path
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_length_generalisation, plot_training_curve
 from minimem.memory.ntm import NTM, NTMConfig
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_copy
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.train import (TrainConfig, bit_error_metric, bit_sequence_loss, length_generalisation, train,
+                           wrong_bits_per_sequence)
 
 
 @dataclass(frozen=True)
@@ -148,11 +149,6 @@ def copy_batch(rng: np.random.Generator, cfg: Config, batch: int, max_len: int |
     return b.inputs, (b.targets, b.mask)
 
 
-def wrong_bits(ys: np.ndarray, target: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """(B,) wrong bits of each sequence (bit_errors_per_sequence is their mean)."""
-    return np.sum(mask * np.sum((ys > 0) != (target == 1), axis=2), axis=0)
-
-
 def evaluate(model: NTM, held_out: list, upto: int | None = None) -> dict[str, float]:
     """Over the held-out batches: loss (nats), cost in bits and bit errors per sequence, and
     `bit_errors_upto`, the bit errors per sequence of the held-out sequences of length <= upto."""
@@ -163,7 +159,7 @@ def evaluate(model: NTM, held_out: list, upto: int | None = None) -> dict[str, f
         values["loss"].append(bit_sequence_loss(ys, (target, mask))[0])
         values["bits"].append(bits_per_sequence(ys, target, mask))
         values["bit_errors"].append(bit_errors_per_sequence(ys, target, mask))
-        errors.append(wrong_bits(ys, target, mask))
+        errors.append(wrong_bits_per_sequence(ys, target, mask))
         lengths.append(np.sum(mask, axis=0))                             # (B,) L of each sequence
     summary = {name: float(np.mean(v)) for name, v in values.items()}
     if upto is not None:
@@ -175,14 +171,12 @@ def evaluate(model: NTM, held_out: list, upto: int | None = None) -> dict[str, f
 def generalisation(model: NTM, cfg: Config) -> list[dict]:
     """Bit errors per sequence, and the fraction of sequences copied without a wrong bit, for every
     length 1..gen_max_len (gen_sequences fresh sequences each, seeded by the length)."""
-    rows = []
-    for length in range(1, cfg.gen_max_len + 1):
+    def batch_for_length(length):
         inputs, (target, mask) = copy_batch(np.random.default_rng([cfg.seed, 3, length]),
                                             dataclasses.replace(cfg, min_len=length), cfg.gen_sequences, length)
-        ys, _ = model.forward(inputs)
-        wrong = wrong_bits(ys, target, mask)
-        rows.append({"length": length, "bit_errors": float(np.mean(wrong)), "perfect": float(np.mean(wrong == 0))})
-    return rows
+        return inputs, target, mask
+
+    return length_generalisation(model, batch_for_length, range(1, cfg.gen_max_len + 1))
 
 
 def plot(cfg: Config, result, evals: list, model: NTM, example, gen_rows: list[dict]) -> list[str]:
@@ -224,37 +218,22 @@ def plot(cfg: Config, result, evals: list, model: NTM, example, gen_rows: list[d
     inputs, (target, mask) = example                          # one sequence, B = 1
     ys, cache = model.forward(inputs)
     internals = cache.internals()
-    panels = [("input (last row: delimiter)", inputs[:, 0].T, "Greys"),
-              ("target", (target[:, 0] * mask[:, :1]).T, "Greys"),
-              ("output sigmoid(y) on the answer steps", (1 / (1 + np.exp(-ys[:, 0])) * mask[:, :1]).T, "Greys"),
-              ("write weighting", internals["write_weightings"][:, 0, 0].T, "viridis"),
-              ("read weighting", internals["read_weightings"][:, 0, 0].T, "viridis")]
+    panels = [("input (last row: delimiter)", inputs[:, 0].T, "Greys", "bit"),
+              ("target", (target[:, 0] * mask[:, :1]).T, "Greys", "bit"),
+              ("output sigmoid(y) on the answer steps", (1 / (1 + np.exp(-ys[:, 0])) * mask[:, :1]).T, "Greys", "bit"),
+              ("write weighting", internals["write_weightings"][:, 0, 0].T, "viridis", "slot"),
+              ("read weighting", internals["read_weightings"][:, 0, 0].T, "viridis", "slot")]
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 9), sharex=True)
-    for ax, (title, image, cmap) in zip(axes, panels):
-        ax.imshow(image, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("slot" if "weighting" in title else "bit", fontsize=8)
+    plot_image_rows(axes, panels)
     axes[-1].set_xlabel("time step")
     fig.tight_layout()
     fig.savefig(paths[1], dpi=110)
     plt.close(fig)
 
-    lengths = np.array([row["length"] for row in gen_rows])
     fig, (ax_err, ax_ok) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
-    for ax in (ax_err, ax_ok):
-        ax.axvspan(cfg.min_len - 0.5, cfg.max_len + 0.5, color="C2", alpha=0.12, lw=0,
-                   label=f"trained lengths {cfg.min_len}-{cfg.max_len}")
-    ax_err.plot(lengths, [row["bit_errors"] for row in gen_rows], "o-", color="C3", label="NTM")
-    ax_err.plot(lengths, lengths * cfg.bits / 2, "--", color="0.5", label="chance (half the bits)")
-    ax_err.set_yscale("symlog", linthresh=0.1)
+    plot_length_generalisation(ax_err, ax_ok, gen_rows, (cfg.min_len, cfg.max_len), cfg.bits, "NTM",
+                               cfg.gen_sequences, cfg.N)
     ax_err.set_ylim(bottom=0)
-    ax_err.set_ylabel("bit errors per sequence")
-    ax_err.legend(fontsize=8)
-    ax_ok.plot(lengths, [row["perfect"] for row in gen_rows], "s-", color="C0")
-    ax_ok.set_ylim(-0.05, 1.05)
-    ax_ok.set_ylabel("sequences copied perfectly")
-    ax_ok.set_xlabel(f"sequence length ({cfg.gen_sequences} fresh sequences each; N = {cfg.N} slots)")
-    ax_ok.set_xticks(lengths)
     fig.suptitle(f"NTM copy: generalisation beyond the trained lengths {cfg.min_len}-{cfg.max_len}")
     fig.tight_layout()
     fig.savefig(paths[2], dpi=110)
@@ -308,7 +287,7 @@ def main(argv=None) -> dict:
                    TrainConfig(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                                clip=cfg.clip, seed=cfg.seed),
                    eval_fn=eval_fn, metric_name="bit_errors",
-                   metric_fn=lambda ys, t: bit_errors_per_sequence(ys, t[0], t[1]),
+                   metric_fn=bit_error_metric,
                    lr_schedule=lr_schedule, log=lambda line: print(line, flush=True))
     final = result.evals[-1]
     train_seconds = time.perf_counter() - started

@@ -52,11 +52,11 @@ from pathlib import Path
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_training_curve
 from minimem.memory.ntm import NTM, NTMConfig
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_priority_sort
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.train import TrainConfig, bit_error_metric, bit_sequence_loss, loss_ends, train
 
 
 @dataclass(frozen=True)
@@ -166,18 +166,15 @@ def plot(cfg: Config, result, evals: list, model: NTM, example) -> list[str]:
     inputs, (target, mask) = example                          # one sequence, B = 1
     ys, cache = model.forward(inputs)
     internals = cache.internals()
-    panels = [("input (last rows: priority, delimiter)", inputs[:, 0].T, "coolwarm", -1),
-              ("target", (target[:, 0] * mask[:, :1]).T, "Greys", 0),
-              ("output sigmoid(y) on the answer steps", (1 / (1 + np.exp(-ys[:, 0])) * mask[:, :1]).T, "Greys", 0)]
-    panels += [(f"write weighting, head {j}", internals["write_weightings"][:, 0, j].T, "viridis", 0)
+    panels = [("input (last rows: priority, delimiter)", inputs[:, 0].T, "coolwarm", "bit", -1),
+              ("target", (target[:, 0] * mask[:, :1]).T, "Greys", "bit"),
+              ("output sigmoid(y) on the answer steps", (1 / (1 + np.exp(-ys[:, 0])) * mask[:, :1]).T, "Greys", "bit")]
+    panels += [(f"write weighting, head {j}", internals["write_weightings"][:, 0, j].T, "viridis", "slot")
                for j in range(cfg.write_heads)]
-    panels += [(f"read weighting, head {i}", internals["read_weightings"][:, 0, i].T, "viridis", 0)
+    panels += [(f"read weighting, head {i}", internals["read_weightings"][:, 0, i].T, "viridis", "slot")
                for i in range(cfg.R)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(6, 1.7 * len(panels) + 0.5), sharex=True)
-    for ax, (title, image, cmap, low) in zip(axes, panels):
-        ax.imshow(image, aspect="auto", cmap=cmap, vmin=low, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel("slot" if "weighting" in title else "bit", fontsize=8)
+    plot_image_rows(axes, panels)
     axes[-1].set_xlabel("time step")
     priorities = inputs[:cfg.items, 0, cfg.bits]
     fig.suptitle("priorities: " + " ".join(f"{p:+.2f}" for p in priorities), fontsize=9)
@@ -221,16 +218,15 @@ def main(argv=None) -> dict:
                    TrainConfig(steps=cfg.steps, log_every=cfg.log_every, eval_every=cfg.eval_every,
                                clip=cfg.clip, seed=cfg.seed),
                    eval_fn=eval_fn, metric_name="bit_errors",
-                   metric_fn=lambda ys, t: bit_errors_per_sequence(ys, t[0], t[1]),
+                   metric_fn=bit_error_metric,
                    lr_schedule=lr_schedule, log=lambda line: print(line, flush=True))
     final = result.evals[-1]
     example = sort_batch(np.random.default_rng([cfg.seed, 2_000_003]), cfg, 1)
     paths = plot(cfg, result, result.evals, model, example)
     seconds = time.perf_counter() - started
-    tail = max(1, len(result.losses) // 10)
+    first_train_loss, last_train_loss = loss_ends(result.losses)
     summary = {"initial_loss": initial["loss"], "final_loss": final["loss"],
-               "first_train_loss": float(np.mean(result.losses[:tail])),
-               "last_train_loss": float(np.mean(result.losses[-tail:])),
+               "first_train_loss": first_train_loss, "last_train_loss": last_train_loss,
                "initial_bit_errors": initial["bit_errors"], "order_blind_bit_errors": order_blind_errors(cfg),
                "bits_per_sequence": final["bits"],
                "bit_errors": final["bit_errors"],

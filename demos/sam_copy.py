@@ -39,12 +39,13 @@ import minimem  # noqa: F401  (before NumPy: single-threaded BLAS)
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_training_curve
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.memory.sam_sparse import read_weights_dense
 from minimem.optim import Adam
-from minimem.tasks import bit_errors_per_sequence, make_copy
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.tasks import make_copy
+from minimem.train import (TrainConfig, bit_error_metric, bit_sequence_loss, loss_ends, mean_bit_errors, summary_line,
+                           train)
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,7 @@ def batch(rng: np.random.Generator, config: Config, size: int):
 def evaluate(model: SAM, config: Config, step: int) -> float:
     """Bit errors per sequence on fresh batches (seeded by the step, so a rerun sees the same ones)."""
     rng = np.random.default_rng([config.seed, 1, step])
-    errors = []
-    for _ in range(config.eval_batches):
-        data = batch(rng, config, config.eval_batch)
-        logits, _ = model.forward(data.inputs)
-        errors.append(bit_errors_per_sequence(logits, data.targets, data.mask))
-    return float(np.mean(errors))
+    return mean_bit_errors(model, (batch(rng, config, config.eval_batch) for _ in range(config.eval_batches)))
 
 
 def access_pattern(model: SAM, config: Config) -> dict:
@@ -144,11 +140,8 @@ def plot(out: Path, result, config: Config, pattern: dict) -> list[Path]:
                 "slot") for i in range(config.R)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 1.5 * len(panels) + 2.2), sharex=True,
                              gridspec_kw={"height_ratios": [1, 1, 1] + [3] * (len(panels) - 3)})
-    for ax, (title, image, cmap, label) in zip(axes, panels):
-        shown = np.ma.masked_equal(image, 0.0) if label == "slot" else image     # untouched slots stay white
-        ax.imshow(shown, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel(label, fontsize=8)
+    plot_image_rows(axes, [(title, np.ma.masked_equal(image, 0.0) if label == "slot" else image, cmap, label)
+                           for title, image, cmap, label in panels])         # untouched slots stay white
     axes[3].scatter(np.arange(T), pattern["lra"], s=28, facecolors="none", edgecolors="C3", lw=1)
     axes[-1].set_xlabel("time step")
     fig.suptitle(f"SAM copy, one sequence of length {config.max_len}: the few slots touched at every step")
@@ -175,9 +168,6 @@ def main(argv: list[str] | None = None) -> dict:
         data = batch(rng, config, config.batch)
         return data.inputs, (data.targets, data.mask)
 
-    def metric_fn(outputs, targets):
-        return bit_errors_per_sequence(outputs, *targets)
-
     def lr_schedule(step):
         progress["step"] = step + 1              # evaluations run after this step's update
         return config.lr if progress["solved"] is None else config.lr / 2
@@ -193,13 +183,13 @@ def main(argv: list[str] | None = None) -> dict:
     result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
-                   eval_fn=eval_fn, metric_fn=metric_fn, lr_schedule=lr_schedule,
+                   eval_fn=eval_fn, metric_fn=bit_error_metric, lr_schedule=lr_schedule,
                    log=lambda line: print(line, flush=True), metric_name="bit errors")
     best = min(result.evals, key=lambda e: e["bit_errors"])
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses)
     summary = {
-        "final_loss": float(np.mean(result.losses[-tail:])),
-        "first_loss": float(np.mean(result.losses[:tail])),
+        "final_loss": final_loss,
+        "first_loss": first_loss,
         "bit_errors": result.evals[-1]["bit_errors"],
         "best_bit_errors": best["bit_errors"],
         "best_step": best["step"],
@@ -210,8 +200,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["seconds"] = time.perf_counter() - started
     if not args.no_plots:
         summary["plots"] = [str(p) for p in plot(Path(args.out), result, config, pattern)]
-    print("sam_copy: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                   for k, v in summary.items()), flush=True)
+    print(summary_line("sam_copy", summary), flush=True)
     return summary
 
 

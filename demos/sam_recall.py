@@ -55,12 +55,13 @@ import minimem  # noqa: F401  (before NumPy: single-threaded BLAS)
 import numpy as np
 
 from minimem.demo_options import config_from_args, config_parser
-from minimem.demo_plots import plot_training_curve
+from minimem.demo_plots import plot_image_rows, plot_training_curve
 from minimem.memory.sam import SAM, SAMConfig
 from minimem.memory.sam_sparse import read_weights_dense
 from minimem.optim import Adam
 from minimem.tasks import bit_errors_per_sequence, bits_per_sequence, make_associative_recall
-from minimem.train import TrainConfig, bit_sequence_loss, train
+from minimem.train import (TrainConfig, bit_error_metric, bit_sequence_loss, loss_ends, summary_line, train,
+                           wrong_bits_per_sequence)
 
 
 @dataclass(frozen=True)
@@ -112,8 +113,7 @@ def evaluate(model: SAM, held_out: list) -> dict[str, float]:
         logits, _ = model.forward(data.inputs)
         values["bit_errors"].append(bit_errors_per_sequence(logits, data.targets, data.mask))
         values["bits"].append(bits_per_sequence(logits, data.targets, data.mask))
-        wrong = np.sum(data.mask * np.sum((logits > 0) != (data.targets == 1), axis=2), axis=0)   # (B,)
-        values["perfect"].append(np.mean(wrong == 0))
+        values["perfect"].append(np.mean(wrong_bits_per_sequence(logits, data.targets, data.mask) == 0))
     return {name: float(np.mean(v)) for name, v in values.items()}
 
 
@@ -167,11 +167,8 @@ def plot(out: Path, result, config: Config, pattern: dict) -> list[Path]:
                 "slot") for i in range(config.R)]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 1.5 * len(panels) + 3.0), sharex=True,
                              gridspec_kw={"height_ratios": [1, 1, 1] + [3] * (len(panels) - 3)})
-    for ax, (title, image, cmap, label) in zip(axes, panels):
-        shown = np.ma.masked_equal(image, 0.0) if label == "slot" else image     # untouched slots stay white
-        ax.imshow(shown, aspect="auto", cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.set_ylabel(label, fontsize=8)
+    plot_image_rows(axes, [(title, np.ma.masked_equal(image, 0.0) if label == "slot" else image, cmap, label)
+                           for title, image, cmap, label in panels])         # untouched slots stay white
     touched = np.flatnonzero(pattern["write"].any(axis=1) | pattern["read"].any(axis=(0, 2)))
     for ax in axes[3:]:                                    # only down to the last slot this sequence touched
         ax.set_ylim(touched.max() + 1.5, -0.5)
@@ -208,9 +205,6 @@ def main(argv: list[str] | None = None) -> dict:
         data = batch(rng, config, config.batch)
         return data.inputs, (data.targets, data.mask)
 
-    def metric_fn(outputs, targets):
-        return bit_errors_per_sequence(outputs, *targets)
-
     def lr_schedule(step):
         progress["step"] = step + 1              # evaluations run after this step's update
         return config.lr if progress["solved"] is None else config.lr / 2
@@ -227,14 +221,14 @@ def main(argv: list[str] | None = None) -> dict:
     result = train(model, optimizer, batch_fn, bit_sequence_loss,
                    TrainConfig(steps=config.steps, log_every=config.log_every, eval_every=config.eval_every,
                                clip=config.clip, seed=config.seed),
-                   eval_fn=eval_fn, metric_fn=metric_fn, lr_schedule=lr_schedule,
+                   eval_fn=eval_fn, metric_fn=bit_error_metric, lr_schedule=lr_schedule,
                    log=lambda line: print(line, flush=True), metric_name="bit errors")
     best = min(result.evals, key=lambda e: e["bit_errors"])
-    tail = max(1, len(result.losses) // 10)
+    first_loss, final_loss = loss_ends(result.losses)
     final = result.evals[-1]
     summary = {
-        "final_loss": float(np.mean(result.losses[-tail:])),
-        "first_loss": float(np.mean(result.losses[:tail])),
+        "final_loss": final_loss,
+        "first_loss": first_loss,
         "initial_bit_errors": initial["bit_errors"],
         "bit_errors": final["bit_errors"],
         "perfect": final["perfect"],
@@ -248,8 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary["seconds"] = time.perf_counter() - started
     if not args.no_plots:
         summary["plots"] = [str(p) for p in plot(Path(args.out), result, config, pattern)]
-    print("sam_recall: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                     for k, v in summary.items() if k != "evals"), flush=True)
+    print(summary_line("sam_recall", summary, skip=("evals",)), flush=True)
     print("sam_recall: held-out bit errors (step, errors): " + " ".join(f"{s}:{e:g}" for s, e in summary["evals"]),
           flush=True)
     return summary

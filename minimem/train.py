@@ -36,6 +36,11 @@ train.step, train.losses, train.metrics, train.grad_norms, train.eval.step, trai
 A model with non-parameter state (callable model.state_dict() -> dict of arrays and
 model.load_state_dict(arrays), e.g. VSM's semantic memory) has it saved under "model.<name>" and
 restored on resume, so a resumed run stays bit-identical.
+
+The bit-sequence demos (copy, recall, sort, repeat copy) also share from here: bit_sequence_loss
+and bit_error_metric (ready-made loss_fn and metric_fn), wrong_bits_per_sequence, mean_bit_errors
+and length_generalisation (held-out metrics), loss_ends (the training curve's start and end) and
+summary_line (the last line a demo prints).
 """
 
 from __future__ import annotations
@@ -55,8 +60,11 @@ import numpy as np
 from minimem.checkpoint import load_checkpoint, save_checkpoint
 from minimem.nn.losses import sigmoid_cross_entropy_backward, sigmoid_cross_entropy_forward
 from minimem.optim import check_grads, clip_grad_norm, global_norm
+from minimem.tasks.metrics import bit_errors_per_sequence
 
-__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "step_rng"]
+__all__ = ["TrainConfig", "TrainResult", "TrainingDiverged", "train", "step_rng", "bit_sequence_loss",
+           "bit_error_metric", "wrong_bits_per_sequence", "mean_bit_errors", "length_generalisation",
+           "loss_ends", "summary_line"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -133,6 +141,68 @@ def bit_sequence_loss(outputs: np.ndarray, targets: tuple) -> tuple[float, np.nd
     bits, mask = targets
     loss, cache = sigmoid_cross_entropy_forward(outputs, bits, mask, reduction="batch")
     return float(loss), sigmoid_cross_entropy_backward(1.0, cache)
+
+
+def bit_error_metric(outputs: np.ndarray, targets: tuple) -> float:
+    """A ready-made metric_fn for the same tasks, with the targets of bit_sequence_loss: bit errors
+    per sequence, minimem.tasks.bit_errors_per_sequence(outputs, bits, mask)."""
+    bits, mask = targets
+    return bit_errors_per_sequence(outputs, bits, mask)
+
+
+def wrong_bits_per_sequence(logits: np.ndarray, targets: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B,) wrong bits of each sequence of a bit-sequence task: the scored target bits (mask 1)
+    whose thresholded prediction (logit > 0) differs from the target. Their mean is
+    minimem.tasks.bit_errors_per_sequence; a sequence with 0 was answered perfectly.
+    logits, targets: (T, B, Y); mask: (T, B)."""
+    logits, targets, mask = np.asarray(logits), np.asarray(targets), np.asarray(mask)
+    if logits.ndim != 3 or targets.shape != logits.shape or mask.shape != logits.shape[:2]:
+        raise ValueError(f"expected logits and targets (T, B, Y) and mask (T, B); got {logits.shape}, "
+                         f"{targets.shape}, {mask.shape}")
+    return np.sum(mask * np.sum((logits > 0) != (targets == 1), axis=2), axis=0)
+
+
+def mean_bit_errors(model: Any, batches) -> float:
+    """Bit errors per sequence (minimem.tasks.bit_errors_per_sequence) of model.forward, averaged
+    over `batches`, an iterable of (inputs (T, B, X), targets (T, B, Y), mask (T, B)) such as
+    minimem.tasks.Batch; each batch counts once, whatever its size."""
+    errors = []
+    for inputs, targets, mask in batches:
+        logits, _ = model.forward(inputs)
+        errors.append(bit_errors_per_sequence(logits, targets, mask))
+    if not errors:
+        raise ValueError("batches must hold at least one (inputs, targets, mask) batch")
+    return float(np.mean(errors))
+
+
+def length_generalisation(model: Any, batch_for_length: Callable[[int], tuple], lengths) -> list[dict]:
+    """One row per length: {"length", "bit_errors": wrong bits per sequence, "perfect": the fraction
+    of sequences without a wrong bit}, on the batch batch_for_length(length) -> (inputs (T, B, X),
+    targets (T, B, Y), mask (T, B)) (e.g. fresh copy sequences of exactly that length)."""
+    rows = []
+    for length in lengths:
+        inputs, targets, mask = batch_for_length(length)
+        logits, _ = model.forward(inputs)
+        wrong = wrong_bits_per_sequence(logits, targets, mask)                # (B,)
+        rows.append({"length": length, "bit_errors": float(np.mean(wrong)), "perfect": float(np.mean(wrong == 0))})
+    return rows
+
+
+def loss_ends(losses) -> tuple[float, float]:
+    """(first, last): the mean of the first and of the last tenth of the per-step losses (at least
+    one step each), the training curve's start and end without single-batch noise."""
+    losses = np.asarray(losses, dtype=float)
+    if losses.ndim != 1 or len(losses) == 0:
+        raise ValueError(f"losses must be a non-empty 1-d sequence; got shape {losses.shape}")
+    tail = max(1, len(losses) // 10)
+    return float(np.mean(losses[:tail])), float(np.mean(losses[-tail:]))
+
+
+def summary_line(name: str, summary: Mapping[str, Any], skip=()) -> str:
+    """"name: key value  key value ..." over the summary dict (floats to 4 significant digits),
+    leaving out the keys in skip: the last line a demo prints."""
+    return f"{name}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                   for k, v in summary.items() if k not in skip)
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:

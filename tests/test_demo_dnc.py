@@ -3,28 +3,13 @@ sequences and writes its three PNGs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "dnc_copy.py"
 
-
-def _load_demo(monkeypatch):
-    """Import demos/dnc_copy.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("dnc_copy_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, load_demo):
+    demo = load_demo("dnc_copy")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert result["final_loss"] < 0.8 * result["first_loss"]
     assert result["best_bit_errors"] < 4.0            # chance: half of ~12 target bits per sequence
@@ -39,7 +24,7 @@ def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
     assert "step 150/150" in out and "generalisation" in out and "(longer than trained)" in out
 
 
-def test_unknown_flags_are_errors(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_unknown_flags_are_errors(load_demo):
+    demo = load_demo("dnc_copy")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])

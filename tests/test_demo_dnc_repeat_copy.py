@@ -2,28 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "dnc_repeat_copy.py"
 
-
-def _load_demo(monkeypatch):
-    """Import demos/dnc_repeat_copy.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("dnc_repeat_copy_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, load_demo):
+    demo = load_demo("dnc_repeat_copy")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert result["final_loss"] < 0.9 * result["first_loss"]        # measured 11.0 -> 9.1 nats per sequence
     assert result["best_bit_errors"] < 5.0                           # untrained: ~5.5 (measured)
@@ -34,8 +19,8 @@ def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
     assert "step 120/120" in out and "strengths='softplus'" in out and "usage_write_grad=False" in out
 
 
-def test_the_model_follows_deepmind_dnc_and_the_b6_cpu_size(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_the_model_follows_deepmind_dnc_and_the_b6_cpu_size(load_demo):
+    demo = load_demo("dnc_repeat_copy")
     config = demo.Config()
     model = demo.make_model(config)
     c = model.config
@@ -49,8 +34,8 @@ def test_the_model_follows_deepmind_dnc_and_the_b6_cpu_size(monkeypatch):
     assert paper.controller_grad_clip == 10.0
 
 
-def test_flags_parse_booleans_and_reject_unknown_ones(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_flags_parse_booleans_and_reject_unknown_ones(load_demo):
+    demo = load_demo("dnc_repeat_copy")
     args = demo.build_parser().parse_args(["--usage-write-grad", "false", "--controller-grad-clip", "10"])
     assert args.usage_write_grad is False and args.controller_grad_clip == 10.0
     assert demo.build_parser().parse_args(["--usage-write-grad", "True"]).usage_write_grad is True

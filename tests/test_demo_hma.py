@@ -4,23 +4,10 @@ write their PNGs. Nothing here asks HMA to beat ERM (spec B7)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
-
-
-def load_demo(name: str, monkeypatch):
-    """Import demos/<name>.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_png(path: Path) -> None:
@@ -43,9 +30,9 @@ def check_runs(results: list) -> None:
             assert np.all(att["tokens"] >= 0) and np.all(att["tokens"].sum(axis=1) <= 1.0 + 1e-12)
 
 
-def test_images_quick_trains_every_backbone_and_measures_the_gap(tmp_path, monkeypatch):
+def test_images_quick_trains_every_backbone_and_measures_the_gap(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("hma_images", monkeypatch)
+    demo = load_demo("hma_images")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     runs = {(r["backbone"], r["model"]): r for r in summary["results"]}
     assert set(runs) == {(b, m) for b in ("mlp", "cnn", "transformer") for m in ("erm", "hma")}
@@ -63,9 +50,9 @@ def test_images_quick_trains_every_backbone_and_measures_the_gap(tmp_path, monke
     assert_png(tmp_path / "hma_images_attention.png")
 
 
-def test_graphs_quick_trains_and_measures_the_gap(tmp_path, monkeypatch):
+def test_graphs_quick_trains_and_measures_the_gap(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("hma_graphs", monkeypatch)
+    demo = load_demo("hma_graphs")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     runs = {r["model"]: r for r in summary["results"]}
     assert set(runs) == {"erm", "hma"}
@@ -78,8 +65,8 @@ def test_graphs_quick_trains_and_measures_the_gap(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["hma_images", "hma_graphs"])
-def test_flags(name, monkeypatch):
-    demo = load_demo(name, monkeypatch)
+def test_flags(name, load_demo):
+    demo = load_demo(name)
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     assert demo.parse_config(["--quick", "--seeds", "3"]).seeds == "3"
@@ -90,6 +77,6 @@ def test_flags(name, monkeypatch):
         demo.main(["--no-plots", "--quick", "--batch", "48"])          # does not divide N_r
 
 
-def test_images_backbone_option_is_checked(monkeypatch):
+def test_images_backbone_option_is_checked(load_demo):
     with pytest.raises(ValueError, match="--backbones"):
-        load_demo("hma_images", monkeypatch).main(["--no-plots", "--backbones", "mlp,rnn"])
+        load_demo("hma_images").main(["--no-plots", "--backbones", "mlp,rnn"])

@@ -4,22 +4,10 @@ and both PNGs are written."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
-
-
-def load_demo(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module              # dataclasses look their module up while defining Config
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_pngs(directory: Path, names) -> None:
@@ -29,7 +17,7 @@ def assert_pngs(directory: Path, names) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_lsam_recall_quick_learns_and_writes_the_plots(tmp_path):
+def test_lsam_recall_quick_learns_and_writes_the_plots(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
     demo = load_demo("lsam_recall")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
@@ -45,7 +33,7 @@ def test_lsam_recall_quick_learns_and_writes_the_plots(tmp_path):
     assert_pngs(tmp_path, ("lsam_recall.png", "lsam_recall_memory.png"))
 
 
-def test_memory_probe_queries_every_stored_key_of_the_row():
+def test_memory_probe_queries_every_stored_key_of_the_row(load_demo):
     demo = load_demo("lsam_recall")
     cfg = demo.parse_config(["--quick"])
     model = demo.make_model("lsam", cfg)
@@ -60,14 +48,14 @@ def test_memory_probe_queries_every_stored_key_of_the_row():
     assert probe["gates"].shape == (demo.T_ROW, cfg.H)
 
 
-def test_loss_scores_only_the_last_step():
+def test_loss_scores_only_the_last_step(load_demo):
     demo = load_demo("lsam_recall")
     outputs = np.random.default_rng(1).standard_normal((4, 3, 10))
     loss, doutputs = demo.loss_fn(outputs, np.array([1, 2, 3]))
     assert loss > 0 and np.all(doutputs[:-1] == 0) and np.any(doutputs[-1] != 0)
 
 
-def test_unknown_flags_and_bad_ranges_are_errors_and_quick_keeps_given_flags():
+def test_unknown_flags_and_bad_ranges_are_errors_and_quick_keeps_given_flags(load_demo):
     demo = load_demo("lsam_recall")
     for bad in (["--no-such-flag"], ["--dtype", "float16"], ["--models", "lsam,dnc"], ["--train-max", "12"],
                 ["--H", "3"]):

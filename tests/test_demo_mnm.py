@@ -5,30 +5,15 @@ central differences; its baselines do what they say."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from minimem.memory.mnm_oneshot import MNMOneShot, OneShotConfig
 
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
 
-
-def _load_demo(monkeypatch, name: str):
-    """Import demos/<name>.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_dictionary_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
+def test_dictionary_quick_mode_learns_and_writes_plots(tmp_path, capsys, load_demo):
     pytest.importorskip("matplotlib")
-    demo = _load_demo(monkeypatch, "mnm_dictionary")
+    demo = load_demo("mnm_dictionary")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     runs = {r["writer"]: r for r in result["runs"]}
     assert set(runs) == {"local", "grad"}
@@ -44,10 +29,10 @@ def test_dictionary_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeyp
     assert "step 150/150" in capsys.readouterr().out
 
 
-def test_dictionary_episode_inputs_read_only_the_unseen_keys(monkeypatch):
+def test_dictionary_episode_inputs_read_only_the_unseen_keys(load_demo):
     """The demo's model is mnm_oneshot's writer with the Q unseen keys as queries (their gradients are
     checked by the gradcheck case mnm.oneshot.queries)."""
-    demo = _load_demo(monkeypatch, "mnm_dictionary")
+    demo = load_demo("mnm_dictionary")
     model = MNMOneShot(OneShotConfig(d=4, h=5, writer="grad", beta_max=2.0), rng=np.random.default_rng(1))
     keys, values = demo.make_dictionary(np.random.default_rng(2), 3, 2, 2, 4)
     (reads, meta), _ = model.forward(demo.episode_inputs(keys, values, 3))
@@ -56,8 +41,8 @@ def test_dictionary_episode_inputs_read_only_the_unseen_keys(monkeypatch):
     np.testing.assert_allclose(reads, all_reads[3:], rtol=1e-12, atol=1e-14)
 
 
-def test_dictionary_task_and_baselines(monkeypatch):
-    demo = _load_demo(monkeypatch, "mnm_dictionary")
+def test_dictionary_task_and_baselines(load_demo):
+    demo = load_demo("mnm_dictionary")
     keys, values = demo.make_dictionary(np.random.default_rng(0), 16, 16, 256, 16)
     assert keys.shape == values.shape == (32, 256, 16)
     assert abs(keys.std() - 0.5) < 0.01
@@ -68,19 +53,19 @@ def test_dictionary_task_and_baselines(monkeypatch):
     np.testing.assert_array_equal(looked_up[0], values[5])
 
 
-def test_dictionary_bad_flags_are_errors(monkeypatch):
-    demo = _load_demo(monkeypatch, "mnm_dictionary")
+def test_dictionary_bad_flags_are_errors(load_demo):
+    demo = load_demo("mnm_dictionary")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     with pytest.raises(ValueError, match="--writers"):
         demo.main(["--quick", "--no-plots", "--writers", "slots"])
 
 
-def test_recall_quick_mode_runs_and_writes_plots(tmp_path, monkeypatch):
+def test_recall_quick_mode_runs_and_writes_plots(tmp_path, load_demo):
     """M2 needs thousands of steps to leave its plateau (spec B6.2), so the quick run only checks that
     the pipeline runs, stays finite, is already above chance and writes its PNGs."""
     pytest.importorskip("matplotlib")
-    demo = _load_demo(monkeypatch, "mnm_recall")
+    demo = load_demo("mnm_recall")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert result["diverged"] is None and result["steps_done"] == 60
     assert np.isfinite(result["final_loss"]) and result["final_loss"] < result["first_loss"]
@@ -90,8 +75,8 @@ def test_recall_quick_mode_runs_and_writes_plots(tmp_path, monkeypatch):
         assert path.exists() and path.stat().st_size > 10_000
 
 
-def test_recall_episodes(monkeypatch):
-    demo = _load_demo(monkeypatch, "mnm_recall")
+def test_recall_episodes(load_demo):
+    demo = load_demo("mnm_recall")
     xs, targets = demo.make_recall(np.random.default_rng(0), 4, 64)
     assert xs.shape == (8, 64, 34) and targets.shape == (4, 64)
     write, query = xs[:4], xs[4:]

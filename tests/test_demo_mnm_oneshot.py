@@ -3,28 +3,13 @@ MNM-p beats its initialisation) and writes its two PNGs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "mnm_oneshot.py"
 
-
-def _load_demo(monkeypatch):
-    """Import demos/mnm_oneshot.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("mnm_oneshot_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, load_demo):
+    demo = load_demo("mnm_oneshot")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert {(r["writer"], r["P"]) for r in result["runs"]} == {("local", 4), ("local", 8), ("grad", 4), ("grad", 8)}
     for r in result["runs"]:
@@ -37,8 +22,8 @@ def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
     assert "step 150/150" in capsys.readouterr().out
 
 
-def test_bad_flags_are_errors(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_bad_flags_are_errors(load_demo):
+    demo = load_demo("mnm_oneshot")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     with pytest.raises(ValueError, match="--pairs"):

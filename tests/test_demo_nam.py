@@ -3,21 +3,9 @@ the training loss falls, the summaries hold what the docstrings report, the PNGs
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
-
-
-def load_demo(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module              # dataclasses look their module up while defining Config
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_pngs(directory: Path, names) -> None:
@@ -27,7 +15,7 @@ def assert_pngs(directory: Path, names) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_nam_tm_reverse_quick_learns_and_writes_the_plots(tmp_path):
+def test_nam_tm_reverse_quick_learns_and_writes_the_plots(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
     demo = load_demo("nam_tm_reverse")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
@@ -40,7 +28,7 @@ def test_nam_tm_reverse_quick_learns_and_writes_the_plots(tmp_path):
     assert_pngs(tmp_path, ("nam_tm_reverse_accuracy.png", "nam_tm_reverse_heads.png"))
 
 
-def test_nam_transformer_retrieval_quick_learns_and_writes_the_plots(tmp_path):
+def test_nam_transformer_retrieval_quick_learns_and_writes_the_plots(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
     demo = load_demo("nam_transformer_retrieval")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
@@ -52,7 +40,7 @@ def test_nam_transformer_retrieval_quick_learns_and_writes_the_plots(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["nam_tm_reverse", "nam_transformer_retrieval"])
-def test_unknown_flags_are_errors_and_quick_keeps_given_flags(name):
+def test_unknown_flags_are_errors_and_quick_keeps_given_flags(name, load_demo):
     demo = load_demo(name)
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
@@ -63,7 +51,7 @@ def test_unknown_flags_are_errors_and_quick_keeps_given_flags(name):
     assert demo.parse_config([]).steps == demo.Config().steps
 
 
-def test_retrieval_rejects_unknown_attention_kinds():
+def test_retrieval_rejects_unknown_attention_kinds(load_demo):
     demo = load_demo("nam_transformer_retrieval")
     with pytest.raises(SystemExit):
         demo.parse_config(["--kinds", "nam,performer"])

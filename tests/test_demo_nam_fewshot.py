@@ -3,28 +3,13 @@ novel accuracy well above chance) and writes its two PNGs; bad flags are errors.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "nam_fewshot.py"
 
-
-def _load_demo(monkeypatch):
-    """Import demos/nam_fewshot.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("nam_fewshot_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, load_demo):
+    demo = load_demo("nam_fewshot")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert result["stage1_final_loss"] < 0.2 * result["stage1_first_loss"]
     assert {(r["head"], r["shots"]) for r in result["runs"]} == {(h, k) for h in ("cosine", "nam") for k in (1, 5)}
@@ -39,8 +24,8 @@ def test_quick_mode_learns_and_writes_plots(tmp_path, capsys, monkeypatch):
     assert "stage 1 step 150/150" in capsys.readouterr().out
 
 
-def test_bad_flags_are_errors(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_bad_flags_are_errors(load_demo):
+    demo = load_demo("nam_fewshot")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     with pytest.raises(ValueError):

@@ -3,25 +3,11 @@ accuracies by length and the majority-class rate of the test set, the PNG is wri
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
 
-
-def load_demo(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_nam_listops_quick_learns_and_writes_the_plot(tmp_path):
+def test_nam_listops_quick_learns_and_writes_the_plot(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
     demo = load_demo("nam_listops")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
@@ -36,14 +22,14 @@ def test_nam_listops_quick_learns_and_writes_the_plot(tmp_path):
     assert path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_accuracy_by_length_bins_rows_by_token_count():
+def test_accuracy_by_length_bins_rows_by_token_count(load_demo):
     demo = load_demo("nam_listops")
     correct = np.array([True, False, True, True])
     lengths = np.array([8, 15, 16, 63])
     assert demo.accuracy_by_length(correct, lengths) == {"8-15": 0.5, "16-23": 1.0, "48-63": 1.0}
 
 
-def test_unknown_flags_are_errors_and_quick_keeps_given_flags():
+def test_unknown_flags_are_errors_and_quick_keeps_given_flags(load_demo):
     demo = load_demo("nam_listops")
     for bad in (["--no-such-flag"], ["--dtype", "float16"], ["--kinds", "nam,performer"], ["--kinds", ""]):
         with pytest.raises(SystemExit):

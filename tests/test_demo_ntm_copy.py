@@ -3,26 +3,12 @@ length curriculum widens when (and only when) the held-out errors allow it."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "ntm_copy.py"
 
-
-def load_demo(monkeypatch):
-    spec = importlib.util.spec_from_file_location("ntm_copy_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_demo_learns_and_writes_the_plots(tmp_path, monkeypatch):
+def test_quick_demo_learns_and_writes_the_plots(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo(monkeypatch)
+    demo = load_demo("ntm_copy")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     assert summary["steps"] == demo.QUICK["steps"]
     assert summary["final_loss"] < 0.8 * summary["initial_loss"]
@@ -38,8 +24,8 @@ def test_quick_demo_learns_and_writes_the_plots(tmp_path, monkeypatch):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_curriculum_widens_only_when_the_errors_allow(monkeypatch):
-    demo = load_demo(monkeypatch)
+def test_the_curriculum_widens_only_when_the_errors_allow(load_demo):
+    demo = load_demo("ntm_copy")
     quick = ["--quick", "--steps", "40", "--eval-every", "20", "--gen-max-len", "3", "--no-plots"]
     always = demo.main(quick + ["--widen-below", "1e9"])            # every evaluation may widen
     assert always["widened_at"] == [20]                              # start_len 2 -> max_len 3, then stop
@@ -51,9 +37,9 @@ def test_the_curriculum_widens_only_when_the_errors_allow(monkeypatch):
     assert off["widened_at"] == [] and off["full_length_step"] == 0
 
 
-def test_evaluate_restricts_to_the_lengths_trained_so_far(monkeypatch):
+def test_evaluate_restricts_to_the_lengths_trained_so_far(load_demo):
     import numpy as np
-    demo = load_demo(monkeypatch)
+    demo = load_demo("ntm_copy")
     cfg = demo.parse_config(["--quick"])
     model = demo.NTM(demo.NTMConfig(X=cfg.bits + 1, Y=cfg.bits, N=cfg.N, W=cfg.W, H=cfg.H),
                      rng=np.random.default_rng(0))
@@ -64,8 +50,8 @@ def test_evaluate_restricts_to_the_lengths_trained_so_far(monkeypatch):
     assert 0.0 <= short <= cfg.bits                                  # one vector: at most `bits` errors
 
 
-def test_unknown_flags_and_bad_lengths_are_errors(monkeypatch):
-    demo = load_demo(monkeypatch)
+def test_unknown_flags_and_bad_lengths_are_errors(load_demo):
+    demo = load_demo("ntm_copy")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     with pytest.raises(SystemExit):
@@ -75,10 +61,10 @@ def test_unknown_flags_and_bad_lengths_are_errors(monkeypatch):
     assert demo.parse_config([]).steps == demo.Config().steps
 
 
-def test_quick_demo_trains_in_float32(monkeypatch):
+def test_quick_demo_trains_in_float32(monkeypatch, load_demo):
     """--dtype float32: parameters and gradients stay float32 (the loss gradient does not promote
     them), and the quick run still learns."""
-    demo = load_demo(monkeypatch)
+    demo = load_demo("ntm_copy")
     seen = set()
     original_step = demo.Adam.step
 

@@ -4,21 +4,9 @@ writes its PNGs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
-
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
-
-
-def load_demo(name: str, monkeypatch):
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)   # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_pngs(directory: Path, names) -> None:
@@ -28,9 +16,9 @@ def assert_pngs(directory: Path, names) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
 
-def test_associative_recall_quick_learns_and_writes_the_plots(tmp_path, monkeypatch):
+def test_associative_recall_quick_learns_and_writes_the_plots(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("ntm_associative_recall", monkeypatch)
+    demo = load_demo("ntm_associative_recall")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     assert summary["steps"] == demo.QUICK["steps"]
     assert summary["final_loss"] < 0.9 * summary["initial_loss"]
@@ -41,9 +29,9 @@ def test_associative_recall_quick_learns_and_writes_the_plots(tmp_path, monkeypa
     assert_pngs(tmp_path, ["ntm_associative_recall_loss.png", "ntm_associative_recall_heads.png"])
 
 
-def test_priority_sort_quick_learns_and_writes_the_plots(tmp_path, monkeypatch):
+def test_priority_sort_quick_learns_and_writes_the_plots(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("ntm_priority_sort", monkeypatch)
+    demo = load_demo("ntm_priority_sort")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     assert summary["steps"] == demo.QUICK["steps"]
     assert summary["final_loss"] < 0.9 * summary["initial_loss"]
@@ -53,16 +41,16 @@ def test_priority_sort_quick_learns_and_writes_the_plots(tmp_path, monkeypatch):
     assert_pngs(tmp_path, ["ntm_priority_sort_loss.png", "ntm_priority_sort_heads.png"])
 
 
-def test_order_blind_reference_is_the_binomial_minority(monkeypatch):
-    demo = load_demo("ntm_priority_sort", monkeypatch)
+def test_order_blind_reference_is_the_binomial_minority(load_demo):
+    demo = load_demo("ntm_priority_sort")
     assert demo.order_blind_errors(demo.Config()) == pytest.approx(5.5)          # 132/64/6 per bit x 16 bits
     assert demo.order_blind_errors(demo.Config(items=2, top=1, bits=1)) == pytest.approx(0.25)
     assert demo.order_blind_errors(demo.Config(items=1, top=1)) == 0.0
 
 
 @pytest.mark.parametrize("name", ["ntm_associative_recall", "ntm_priority_sort"])
-def test_unknown_flags_are_errors_and_quick_keeps_given_flags(name, monkeypatch):
-    demo = load_demo(name, monkeypatch)
+def test_unknown_flags_are_errors_and_quick_keeps_given_flags(name, load_demo):
+    demo = load_demo(name)
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     assert demo.parse_config(["--quick", "--steps", "7"]).steps == 7

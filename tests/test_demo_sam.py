@@ -3,30 +3,16 @@ pattern; the scaling demo measures tiny sizes and draws its log-log plot (number
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
 
-
-def _load_demo(monkeypatch, name):
-    """Import demos/<name>.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_copy_quick_mode_learns_and_draws_the_access_pattern(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch, "sam_copy")
+def test_copy_quick_mode_learns_and_draws_the_access_pattern(tmp_path, capsys, load_demo):
+    demo = load_demo("sam_copy")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert result["final_loss"] < 0.8 * result["first_loss"]     # measured 8.7 -> 4.8 nats per sequence
     assert result["best_bit_errors"] < 4.0                       # chance: half of ~12 target bits
@@ -36,9 +22,9 @@ def test_copy_quick_mode_learns_and_draws_the_access_pattern(tmp_path, capsys, m
     assert "step 150/150" in capsys.readouterr().out
 
 
-def test_copy_access_pattern_is_sparse(monkeypatch):
+def test_copy_access_pattern_is_sparse(load_demo):
     """K nonzeros per head and step; at most R K + 1 written slots; the LRA slot is written."""
-    demo = _load_demo(monkeypatch, "sam_copy")
+    demo = load_demo("sam_copy")
     config = demo.Config(**{**demo.QUICK, "steps": 1})
     from minimem.memory.sam import SAM, SAMConfig
     model = SAM(SAMConfig(X=config.num_bits + 1, Y=config.num_bits, N=config.N, W=config.W, R=config.R,
@@ -52,8 +38,8 @@ def test_copy_access_pattern_is_sparse(monkeypatch):
     assert np.all(pattern["write"][pattern["lra"], np.arange(T)] > 0)
 
 
-def test_scaling_quick_mode_writes_the_plot_and_the_numbers(tmp_path, monkeypatch):
-    demo = _load_demo(monkeypatch, "sam_scaling")
+def test_scaling_quick_mode_writes_the_plot_and_the_numbers(tmp_path, load_demo):
+    demo = load_demo("sam_scaling")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     assert (tmp_path / "sam_scaling.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "sam_scaling.json").read_text())
@@ -62,8 +48,8 @@ def test_scaling_quick_mode_writes_the_plot_and_the_numbers(tmp_path, monkeypatc
     assert set(summary["slopes"]) == {"dense", "sam exact", "sam lsh"}
 
 
-def test_unknown_flags_are_errors(monkeypatch):
+def test_unknown_flags_are_errors(load_demo):
     for name in ("sam_copy", "sam_scaling"):
-        demo = _load_demo(monkeypatch, name)
+        demo = load_demo(name)
         with pytest.raises(SystemExit):
             demo.main(["--no-such-flag"])

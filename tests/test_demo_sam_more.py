@@ -5,30 +5,15 @@ exact from an empty memory, the in-place buffer empty again after training)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
-
-
-def _load_demo(monkeypatch, name):
-    """Import demos/<name>.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
 
 # ----------------------------------------------------------------- associative recall
-def test_recall_quick_mode_learns_and_draws_the_access_pattern(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch, "sam_recall")
+def test_recall_quick_mode_learns_and_draws_the_access_pattern(tmp_path, capsys, load_demo):
+    demo = load_demo("sam_recall")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     assert result["final_loss"] < 0.95 * result["first_loss"]                 # measured 8.34 -> 7.61 nats
     assert result["best_bit_errors"] < 0.8 * result["initial_bit_errors"]     # measured 6.06 -> 3.88 (chance 6)
@@ -38,10 +23,10 @@ def test_recall_quick_mode_learns_and_draws_the_access_pattern(tmp_path, capsys,
     assert "step 120/120" in capsys.readouterr().out
 
 
-def test_recall_access_pattern_is_sparse(monkeypatch):
+def test_recall_access_pattern_is_sparse(load_demo):
     """K nonzeros per head and step, rows sum to 1; at most R K + 1 written slots; the LRA slot is written;
     the answer steps are the only masked-in target steps."""
-    demo = _load_demo(monkeypatch, "sam_recall")
+    demo = load_demo("sam_recall")
     config = demo.Config(**{**demo.QUICK, "steps": 1})
     from minimem.memory.sam import SAM, SAMConfig
     model = SAM(SAMConfig(X=config.num_bits + 2, Y=config.num_bits, N=config.N, W=config.W, R=config.R,
@@ -58,8 +43,8 @@ def test_recall_access_pattern_is_sparse(monkeypatch):
 
 
 # ----------------------------------------------------------------- curriculum
-def test_curriculum_quick_mode_trains_and_restores_the_buffer(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch, "sam_curriculum")
+def test_curriculum_quick_mode_trains_and_restores_the_buffer(tmp_path, capsys, load_demo):
+    demo = load_demo("sam_curriculum")
     summary = demo.main(["--quick", "--out", str(tmp_path)])
     assert summary["memory_empty_after"]                                   # in-place buffer reverted every time
     assert summary["steps"] == 150 and summary["stop_reason"] == "max_steps"   # not the wall-clock budget
@@ -79,9 +64,9 @@ def test_curriculum_quick_mode_trains_and_restores_the_buffer(tmp_path, capsys, 
     assert "memory buffer back to empty: True" in capsys.readouterr().out
 
 
-def test_curriculum_doubles_the_level_when_solved(monkeypatch):
+def test_curriculum_doubles_the_level_when_solved(load_demo):
     """A threshold every batch meets: each level is solved after exactly `window` batches and h doubles."""
-    demo = _load_demo(monkeypatch, "sam_curriculum")
+    demo = load_demo("sam_curriculum")
     config = demo.Config(log_n=6, H=8, batch=2, window=3, threshold=1e9, max_steps=7, log_every=0, probe_lengths="4")
     summary = demo.run(config, log=lambda line: None)
     assert [(e["level"], e["solved"], e["steps"]) for e in summary["levels"]] == [
@@ -92,10 +77,10 @@ def test_curriculum_doubles_the_level_when_solved(monkeypatch):
     assert summary["memory_empty_after"]
 
 
-def test_curriculum_records_do_not_grow_with_N(monkeypatch):
+def test_curriculum_records_do_not_grow_with_N(load_demo):
     """Same parameters and batch at N = 2^8 and 2^12: the per-step records are identical in size (the
     sparse path's Theta(1) space per step), while the dense bound grows 16x."""
-    demo = _load_demo(monkeypatch, "sam_curriculum")
+    demo = load_demo("sam_curriculum")
     prints = {}
     for log_n in (8, 12):
         config = demo.Config(log_n=log_n, H=16)
@@ -107,10 +92,10 @@ def test_curriculum_records_do_not_grow_with_N(monkeypatch):
     assert prints[12]["dense_estimate_bytes"] == 16 * prints[8]["dense_estimate_bytes"]
 
 
-def test_curriculum_dense_estimate_matches_the_dense_engine(monkeypatch):
+def test_curriculum_dense_estimate_matches_the_dense_engine(load_demo):
     """The two-point fit a + b N reproduces the dense engine's record bytes at a third N, and b is at
     least the W floats of one memory copy per slot."""
-    demo = _load_demo(monkeypatch, "sam_curriculum")
+    demo = load_demo("sam_curriculum")
     config = demo.Config(H=16)
     a, b = demo.dense_per_step_bytes(config)
     assert b >= 8 * config.W
@@ -124,11 +109,11 @@ def test_curriculum_dense_estimate_matches_the_dense_engine(monkeypatch):
     assert abs(measured - (a + b * N)) < 0.01 * measured
 
 
-def test_curriculum_approximate_index_is_exact_from_an_empty_memory(monkeypatch):
+def test_curriculum_approximate_index_is_exact_from_an_empty_memory(load_demo):
     """From the empty memory every sequence starts with, the k-d tree lookup (the demo's default) chooses
     exactly the exact top-K sets, so the outputs agree bit for bit (the docstring's claim; LSH does not:
     it hashes the written rows too)."""
-    demo = _load_demo(monkeypatch, "sam_curriculum")
+    demo = load_demo("sam_curriculum")
     results = {}
     for index in ("exact", "kdtree"):
         runner = demo.Runner(demo.Config(log_n=9, H=16, index=index))
@@ -143,8 +128,8 @@ def test_curriculum_approximate_index_is_exact_from_an_empty_memory(monkeypatch)
         np.testing.assert_array_equal(results[index][0], results["exact"][0])
 
 
-def test_unknown_flags_are_errors(monkeypatch):
+def test_unknown_flags_are_errors(load_demo):
     for name in ("sam_recall", "sam_curriculum"):
-        demo = _load_demo(monkeypatch, name)
+        demo = load_demo(name)
         with pytest.raises(SystemExit):
             demo.main(["--no-such-flag"])

@@ -3,23 +3,10 @@ each runs in seconds, shows what its docstring claims at a small size, and write
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-DEMOS = Path(__file__).resolve().parents[1] / "demos"
-
-
-def load_demo(name: str, monkeypatch):
-    """Import demos/<name>.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location(f"{name}_demo", DEMOS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
 
 
 def assert_png(path: Path) -> None:
@@ -27,9 +14,9 @@ def assert_png(path: Path) -> None:
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_memorisation_quick_reproduces_the_spec_table(tmp_path, monkeypatch):
+def test_memorisation_quick_reproduces_the_spec_table(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("titans_memorisation", monkeypatch)
+    demo = load_demo("titans_memorisation")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     cells = {(r["memory"], r["theta"], r["N"]): (round(r["cos"], 2), round(r["acc"], 2)) for r in result["rows"]}
     # spec A6.2, T1 (linear memory): N = 8, 32, 128 at theta = 0.5 and 0.25
@@ -41,9 +28,9 @@ def test_memorisation_quick_reproduces_the_spec_table(tmp_path, monkeypatch):
     assert_png(tmp_path / "titans_memorisation.png")
 
 
-def test_forgetting_quick_shows_recency_and_the_momentum_delay(tmp_path, monkeypatch):
+def test_forgetting_quick_shows_recency_and_the_momentum_delay(tmp_path, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("titans_forgetting", monkeypatch)
+    demo = load_demo("titans_forgetting")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     runs = {(r["eta"], r["alpha"]): r for r in result["results"]}
     assert len(runs) == 6
@@ -56,9 +43,9 @@ def test_forgetting_quick_shows_recency_and_the_momentum_delay(tmp_path, monkeyp
     assert_png(tmp_path / "titans_forgetting.png")
 
 
-def test_needles_quick_trains_every_model_and_the_lmm_learns(tmp_path, monkeypatch, capsys):
+def test_needles_quick_trains_every_model_and_the_lmm_learns(tmp_path, capsys, load_demo):
     pytest.importorskip("matplotlib")
-    demo = load_demo("titans_needles", monkeypatch)
+    demo = load_demo("titans_needles")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     runs = {r["model"]: r for r in result["runs"]}
     assert set(runs) == {"lmm", "mag", "attn"}
@@ -75,18 +62,18 @@ def test_needles_quick_trains_every_model_and_the_lmm_learns(tmp_path, monkeypat
 
 
 @pytest.mark.parametrize("name", ["titans_memorisation", "titans_needles", "titans_forgetting"])
-def test_bad_flags_are_errors(name, monkeypatch):
-    demo = load_demo(name, monkeypatch)
+def test_bad_flags_are_errors(name, load_demo):
+    demo = load_demo(name)
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     assert demo.parse_config(["--quick", "--seed", "3"]).seed == 3
     assert demo.parse_config([]) == demo.Config()
 
 
-def test_bad_option_values_name_the_option(monkeypatch):
+def test_bad_option_values_name_the_option(load_demo):
     with pytest.raises(ValueError, match="--pairs"):
-        load_demo("titans_memorisation", monkeypatch).main(["--no-plots", "--pairs", "eight"])
+        load_demo("titans_memorisation").main(["--no-plots", "--pairs", "eight"])
     with pytest.raises(ValueError, match="--alphas"):
-        load_demo("titans_forgetting", monkeypatch).main(["--no-plots", "--alphas", "1.5"])
+        load_demo("titans_forgetting").main(["--no-plots", "--alphas", "1.5"])
     with pytest.raises(ValueError, match="--models"):
-        load_demo("titans_needles", monkeypatch).main(["--no-plots", "--models", "rnn"])
+        load_demo("titans_needles").main(["--no-plots", "--models", "rnn"])

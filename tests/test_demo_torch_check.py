@@ -7,9 +7,7 @@ Titans forward intact but zeroes dk and dv. Skipped when PyTorch is not installe
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,13 +21,8 @@ DEMO = Path(__file__).resolve().parents[1] / "demos" / "torch_check.py"
 
 
 @pytest.fixture(scope="module")
-def demo():
-    spec = importlib.util.spec_from_file_location("torch_check_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def demo(load_demo):
+    return load_demo("torch_check")
 
 
 @pytest.fixture(scope="module")

@@ -4,29 +4,14 @@ within their ranges and writes its two PNGs."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "vma_fewshot.py"
 
-
-def _load_demo(monkeypatch):
-    """Import demos/vma_fewshot.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("vma_fewshot_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_mode_improves_the_bound_and_writes_plots(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_quick_mode_improves_the_bound_and_writes_plots(tmp_path, capsys, load_demo):
+    demo = load_demo("vma_fewshot")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     for name in ("vma", "vae"):
         curve = result["train"][name]["curve"]
@@ -46,8 +31,8 @@ def test_quick_mode_improves_the_bound_and_writes_plots(tmp_path, capsys, monkey
     assert "step 150/150" in capsys.readouterr().out
 
 
-def test_bad_flags_are_errors(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_bad_flags_are_errors(load_demo):
+    demo = load_demo("vma_fewshot")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     with pytest.raises(ValueError, match="--test-shots"):

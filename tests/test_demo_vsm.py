@@ -4,30 +4,16 @@ the VSM model, and writes its two PNGs."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("matplotlib")
 
-DEMO = Path(__file__).resolve().parents[1] / "demos" / "vsm_fewshot.py"
 
-
-def _load_demo(monkeypatch):
-    """Import demos/vsm_fewshot.py as a module (registered in sys.modules, which dataclasses need)."""
-    spec = importlib.util.spec_from_file_location("vsm_fewshot_demo", DEMO)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_quick_mode_improves_the_bound_and_writes_plots(tmp_path, capsys, monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_quick_mode_improves_the_bound_and_writes_plots(tmp_path, capsys, load_demo):
+    demo = load_demo("vsm_fewshot")
     result = demo.main(["--quick", "--out", str(tmp_path)])
     Ns = result["config"]["Ns"]
     for name in ("vsm", "nosem", "vae"):
@@ -52,8 +38,8 @@ def test_quick_mode_improves_the_bound_and_writes_plots(tmp_path, capsys, monkey
     assert f"step {result['config']['steps']}/{result['config']['steps']}" in out and "memoryless VAE" in out
 
 
-def test_bad_flags_are_errors(monkeypatch):
-    demo = _load_demo(monkeypatch)
+def test_bad_flags_are_errors(load_demo):
+    demo = load_demo("vsm_fewshot")
     with pytest.raises(SystemExit):
         demo.main(["--no-such-flag"])
     with pytest.raises(ValueError, match="--test-context"):

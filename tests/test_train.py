@@ -334,3 +334,84 @@ def test_bit_sequence_loss_is_the_masked_cross_entropy_per_sequence_with_its_gra
     assert not dlogits[:3].any()
     assert_grads_close((dlogits,), numeric_vjp(lambda z: np.array(bit_sequence_loss(z, (bits, mask))[0]),
                                                (logits,), np.array(1.0)), names=("logits",))
+
+
+# ----------------------------------------------------------------- the bit-sequence demos' helpers
+class FixedLogits:
+    """A stand-in model whose forward returns the next of the given logits (and no cache)."""
+
+    def __init__(self, *logits):
+        self.logits, self.seen = list(logits), []
+
+    def forward(self, inputs):
+        self.seen.append(inputs)
+        return self.logits.pop(0), None
+
+
+def test_wrong_bits_per_sequence_counts_scored_wrong_bits_of_each_sequence():
+    from minimem.tasks import bit_errors_per_sequence
+    from minimem.train import bit_error_metric, wrong_bits_per_sequence
+    logits = np.array([[[2.0, -1.0], [0.5, 0.5]],                  # (T=2, B=2, Y=2)
+                       [[-3.0, 0.0], [1.0, -2.0]]])
+    targets = np.array([[[1.0, 1.0], [0.0, 0.0]],
+                        [[1.0, 0.0], [1.0, 0.0]]])
+    mask = np.array([[1.0, 0.0], [1.0, 1.0]])                       # step 0 of sequence 1 is not scored
+    # sequence 0: step 0 wrong in bit 1, step 1 wrong in bit 0 (-3 predicts 0; a logit of 0 predicts 0)
+    np.testing.assert_array_equal(wrong_bits_per_sequence(logits, targets, mask), [2.0, 0.0])
+    rng = np.random.default_rng(1)
+    logits, targets = rng.standard_normal((6, 5, 3)), (rng.random((6, 5, 3)) < 0.5).astype(float)
+    mask = (rng.random((6, 5)) < 0.6).astype(float)
+    wrong = wrong_bits_per_sequence(logits, targets, mask)
+    assert wrong.shape == (5,)
+    assert np.mean(wrong) == bit_errors_per_sequence(logits, targets, mask)
+    assert bit_error_metric(logits, (targets, mask)) == bit_errors_per_sequence(logits, targets, mask)
+    with pytest.raises(ValueError, match=r"mask \(T, B\)"):
+        wrong_bits_per_sequence(logits, targets, mask[:, :4])
+    with pytest.raises(ValueError, match=r"\(T, B, Y\)"):
+        wrong_bits_per_sequence(logits, targets[..., :2], mask)
+
+
+def test_mean_bit_errors_averages_over_batches_each_counting_once():
+    from minimem.train import mean_bit_errors
+    ones = np.ones((1, 2, 1))                                       # targets: every bit 1
+    all_wrong, half_wrong = -np.ones((1, 2, 1)), np.array([[[1.0], [-1.0]]])
+    model = FixedLogits(all_wrong, -np.ones((1, 1, 1)), half_wrong)
+    batches = [("a", ones, np.ones((1, 2))), ("b", ones[:, :1], np.ones((1, 1))), ("c", ones, np.ones((1, 2)))]
+    assert mean_bit_errors(model, iter(batches)) == pytest.approx((1.0 + 1.0 + 0.5) / 3)
+    assert model.seen == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="at least one"):
+        mean_bit_errors(model, [])
+
+
+def test_length_generalisation_rows():
+    from minimem.train import length_generalisation
+    targets = np.ones((3, 4, 2))
+    logits = np.ones((3, 4, 2))
+    logits[0, 1, 0] = logits[2, 1, 1] = logits[1, 3, 0] = -1.0      # sequence 1: 2 wrong, sequence 3: 1
+    model = FixedLogits(np.ones((3, 4, 2)), logits)
+    asked = []
+
+    def batch_for_length(length):
+        asked.append(length)
+        return f"inputs{length}", targets, np.ones((3, 4))
+
+    rows = length_generalisation(model, batch_for_length, range(2, 4))
+    assert asked == [2, 3] and model.seen == ["inputs2", "inputs3"]
+    assert rows == [{"length": 2, "bit_errors": 0.0, "perfect": 1.0},
+                    {"length": 3, "bit_errors": 0.75, "perfect": 0.5}]
+
+
+def test_loss_ends_are_the_first_and_last_tenth():
+    from minimem.train import loss_ends
+    first, last = loss_ends(list(np.arange(1.0, 101.0)))
+    assert (first, last) == (5.5, 95.5)                             # means of 1..10 and 91..100
+    assert loss_ends([4.0, 2.0, 3.0]) == (4.0, 3.0)                 # fewer than 10 steps: one each
+    with pytest.raises(ValueError, match="non-empty"):
+        loss_ends([])
+
+
+def test_summary_line():
+    from minimem.train import summary_line
+    summary = {"final_loss": 0.123456, "steps": 3, "solved": None, "rows": [1]}
+    assert summary_line("demo", summary, skip=("rows",)) == "demo: final_loss 0.1235  steps 3  solved None"
+    assert summary_line("demo", {"x": 2.0}) == "demo: x 2"
