@@ -1,7 +1,7 @@
 """NAM few-shot head vs the cosine classifier on glyph episodes (spec A5.6): accuracy and false
 positives (A5.5) for 5-way 1-shot and 5-shot with base classes.
 
-    python demos/nam_fewshot.py          # ~2 minutes on 2 busy cores; results below (measured)
+    python demos/nam_fewshot.py          # ~20 s (up to ~2 min on 2 busy cores); results below (measured)
     python demos/nam_fewshot.py --quick  # ~15 seconds; the tests run this and check the losses fell
 
 Stage 1 trains an MLP backbone f (X -> 128 -> 64, ReLU) and the base weights with a cosine
@@ -17,8 +17,9 @@ nam_fewshot_memory.png (for one 1-shot test episode: cosine of each novel query 
 before and after the NAM writes, showing the erase at work) to --out.
 
 Measured (seed 0; numbers from this script, not from the paper):
-RESULTS_FULL: 108 s wall on 2 busy cores (glyph rendering ~20 s). Stage-1 loss 5.25 -> 0.003 (60 base
-classes, memorised). Test, 500 episodes, 75 novel + 75 base queries each, sequential NAM writes:
+RESULTS_FULL: 19 s wall with one other job running (2026-11-22, after the sequential writes became
+one triangular solve: the same numbers as before to the last printed digit; 108 s earlier on 2
+busy cores). Stage-1 loss 5.25 -> 0.003 (60 base classes, memorised). Test, 500 episodes, 75 novel + 75 base queries each, sequential NAM writes:
                  acc_novel  acc_base  acc_both  FP_n->b  FP_b->n
     cosine K=1     0.840     0.901     0.779     0.237    0.059
     NAM    K=1     0.835     0.910     0.781     0.245    0.056

@@ -10,9 +10,9 @@ from gradcheck.cases.nam_fewshot import episode_inputs, fewshot_cases
 from gradcheck.core import assert_grads_close, check_model, numeric_vjp
 from minimem.memory.nam_fewshot import (
     FewShotInputs, NAMFewShotConfig, NAMFewShotHead, batched_write_backward, batched_write_forward,
-    few_shot_metrics, fewshot_backward,
+    few_shot_metrics, fewshot_backward, sequential_write_backward, sequential_write_forward,
 )
-from minimem.memory.nam import nam_write_forward
+from minimem.memory.nam import nam_write_backward, nam_write_forward
 
 
 def small(head="nam", mode="sequential", erase=True, seed=0, **overrides):
@@ -52,6 +52,47 @@ def test_batched_write_pair_matches_central_differences():
     _, cache = batched_write_forward(M0, k, y, p_w, p_e)
     analytic = batched_write_backward(dM, cache)
     numeric = numeric_vjp(lambda *a: batched_write_forward(*a)[0], (M0, k, y, p_w, p_e), dM)
+    assert_grads_close(analytic, numeric, names=("M0", "k", "y", "p_w", "p_e"))
+
+
+def _sequential_write_problem(rng, B, S, C, F):
+    """Random M0 (C, F) shared by the episodes; keys near one another (Gram entries up to ~0.9,
+    where the erase terms of later writes matter most); p_e up to 0.95."""
+    M0 = rng.standard_normal((C, F))
+    k = rng.standard_normal(F) + 0.5 * rng.standard_normal((B, S, F))
+    k /= np.linalg.norm(k, axis=-1, keepdims=True)                   # unit keys, as in the head
+    y, dM = rng.standard_normal((B, S, C)), rng.standard_normal((B, C, F))
+    return M0, k, y, rng.uniform(0.05, 0.95, (B, S)), rng.uniform(0.05, 0.95, (B, S)), dM
+
+
+@pytest.mark.parametrize("S", [1, 2, 7])
+def test_sequential_write_closed_form_equals_the_loop_of_nam_writes(S):
+    """The closed form (one triangular solve) against S nam_write_forward / nam_write_backward
+    calls one after another: the memory, and every gradient (dM0 summed over the episodes)."""
+    B, C, F = 3, 5, 4
+    M0, k, y, p_w, p_e, dM = _sequential_write_problem(np.random.default_rng(20 + S), B, S, C, F)
+    M, caches = np.broadcast_to(M0, (B, C, F)), []
+    for i in range(S):
+        M, c = nam_write_forward(M, k[:, i], y[:, i], p_w[:, i], p_e[:, i], normalize=False)
+        caches.append(c)
+    G, loop = dM, [np.empty((B, S) + shape) for shape in ((F,), (C,), (), ())]
+    for i in reversed(range(S)):
+        G, *step = nam_write_backward(G, caches[i])
+        for out, value in zip(loop, step):
+            out[:, i] = value
+    M_closed, cache = sequential_write_forward(M0, k, y, p_w, p_e)
+    np.testing.assert_allclose(M_closed, M, rtol=0, atol=1e-12)
+    dM0, *closed = sequential_write_backward(dM, cache)
+    np.testing.assert_allclose(dM0, G.sum(axis=0), rtol=0, atol=1e-12)
+    for name, a, b in zip(("k", "y", "p_w", "p_e"), closed, loop):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=name)
+
+
+def test_sequential_write_pair_matches_central_differences():
+    M0, k, y, p_w, p_e, dM = _sequential_write_problem(np.random.default_rng(30), B=2, S=5, C=4, F=3)
+    _, cache = sequential_write_forward(M0, k, y, p_w, p_e)
+    analytic = sequential_write_backward(dM, cache)
+    numeric = numeric_vjp(lambda *a: sequential_write_forward(*a)[0], (M0, k, y, p_w, p_e), dM)
     assert_grads_close(analytic, numeric, names=("M0", "k", "y", "p_w", "p_e"))
 
 

@@ -16,6 +16,8 @@ Equations (labels are the spec's; the paper's numbering could not be consulted):
             net is created but unused. Reproduced; erase=False sets p_e = 0 as an ablation)
     M_0 = [unit(W_b); 0_N]                                                             (B, C, F)
     sequential (canonical, A5.3 / A10):  M_i = WR(M_{i-1}, k_i, y_i, p_w,i, p_e,i)     (NAM-2)
+            computed in closed form, M_S = M_0 + Delta^T K with the written columns Delta from one
+            unit lower-triangular solve over the shots (sequential_write_forward)
     batched_reference (FS-4, FS-5):      M = M_0 + sum_i (p_w,i y_i - p_e,i M_0 k_i) k_i^T
             (one episode per batch row; the reference's mean over the episodes of a mini-batch
             mixes episodes and is a training-time bug, not reproduced)
@@ -44,7 +46,7 @@ import numpy as np
 from minimem import autodiff as ad
 from minimem.checks import check_int
 from minimem.memory.nam import (
-    nam_write_autodiff, nam_write_backward, nam_write_forward, unit_autodiff, unit_backward, unit_forward,
+    nam_write_autodiff, unit_autodiff, unit_backward, unit_forward,
 )
 from minimem.nn.linear import as_float_array, check_finite, check_params, strip_prefix, with_prefix
 from minimem.nn.mlp import mlp_autodiff, mlp_backward, mlp_forward, mlp_init
@@ -119,6 +121,71 @@ def _one_hot(labels: np.ndarray, config: NAMFewShotConfig, dtype) -> np.ndarray:
     return (config.K_b + labels[..., None] == np.arange(config.C)).astype(dtype)
 
 
+# ----------------------------------------------------------------- sequential (canonical) write
+class SequentialWriteCache(NamedTuple):
+    M0: np.ndarray       # (C, F) memory before the writes, shared by the B episodes
+    k: np.ndarray        # (B, S, F) keys
+    y: np.ndarray        # (B, S, C) one-hot values
+    p_w: np.ndarray      # (B, S)
+    p_e: np.ndarray      # (B, S)
+    lower: np.ndarray    # (B, S, S) L[i, j] = k_i . k_j below the diagonal (j < i), 0 elsewhere
+    T: np.ndarray        # (B, S, S) I + diag(p_e) L, the unit lower-triangular system matrix
+    u: np.ndarray        # (B, S, C) old values M_{i-1} k_i
+    delta: np.ndarray    # (B, S, C) written columns p_w,i y_i - p_e,i u_i
+
+
+def sequential_write_forward(M0, k, y, p_w, p_e):
+    """S NAM writes (NAM-2) in a row, M_i = M_{i-1} + delta_i k_i^T with delta_i = p_w,i y_i -
+    p_e,i M_{i-1} k_i, in closed form. Every write adds a column along a key, so M_i = M0 +
+    sum_{j<=i} delta_j k_j^T and the old value read by write i is
+        u_i = M_{i-1} k_i = M0 k_i + sum_{j<i} (k_j . k_i) delta_j.
+    Stacking the S writes: (I + diag(p_e) L) Delta = diag(p_w) Y - diag(p_e) K M0^T, with L the
+    strictly lower triangle of the Gram matrix K K^T; then M_S = M0 + Delta^T K. The same numbers
+    as the loop of nam_write_forward(normalize=False) up to round-off, without S copies of M.
+
+    Args:
+        M0: (C, F) memory before the writes, the same for every episode (the head's [unit(W_b); 0]).
+        k: (B, S, F) keys, used as given (normalised by the caller); y: (B, S, C) values;
+        p_w, p_e: (B, S) write and erase probabilities.
+    Returns:
+        M: (B, C, F) after the S writes, and the cache for sequential_write_backward.
+    """
+    S = k.shape[1]
+    U0 = k @ M0.T                                                    # (B, S, C)  M0 k_i
+    lower = np.tril(k @ k.swapaxes(-1, -2), -1)                      # (B, S, S)  k_i . k_j, j < i
+    T = p_e[..., None] * lower                                       # (B, S, S)
+    T[:, np.arange(S), np.arange(S)] = 1.0                           # I + diag(p_e) L
+    # T is unit lower triangular and, for unit keys, |T_ij| <= 1: LAPACK's pivoting never swaps
+    # rows and the solve is plain forward substitution, the writes taken one after another.
+    delta = np.linalg.solve(T, p_w[..., None] * y - p_e[..., None] * U0)   # (B, S, C)
+    u = U0 + lower @ delta                                           # (B, S, C)  M_{i-1} k_i
+    M = M0 + delta.swapaxes(-1, -2) @ k                              # (B, C, F)
+    return M, SequentialWriteCache(M0, k, y, p_w, p_e, lower, T, u, delta)
+
+
+def sequential_write_backward(dM, cache: SequentialWriteCache):
+    """Adjoint of sequential_write_forward, with G = dM (B, C, F). Returns (dM0 (C, F) summed over
+    the episodes, dk, dy, dp_w, dp_e). The gradient of delta_i collects G k_i and, through the old
+    values u_j of the later writes j > i, their erase terms: X = T^-T (K G^T) (back substitution,
+    the reverse walk over the shots). Then, per shot,
+        dy_i = p_w,i X_i     dp_w,i = y_i . X_i     dp_e,i = -u_i . X_i
+    and with du_i = -p_e,i X_i the gradient of the old value (u_i = M0 k_i + sum_{j<i} L_ij delta_j),
+        dM0 = sum_b (G + du^T K)     dL_ij = du_i . delta_j (j < i)
+        dk = Delta G + du M0 + (dL + dL^T) K    (G^T delta_i, M0^T du_i, the Gram matrix's two uses).
+    """
+    M0, k, y, p_w, p_e, lower, T, u, delta = cache
+    X = np.linalg.solve(T.swapaxes(-1, -2), k @ dM.swapaxes(-1, -2))   # (B, S, C)  total d delta
+    dy = p_w[..., None] * X
+    dp_w = np.sum(y * X, axis=-1)                                    # (B, S)
+    dp_e = -np.sum(u * X, axis=-1)
+    du = -p_e[..., None] * X                                         # (B, S, C)
+    dlower = np.tril(du @ delta.swapaxes(-1, -2), -1)                # (B, S, S)
+    dk = delta @ dM + du @ M0 + (dlower + dlower.swapaxes(-1, -2)) @ k   # (B, S, F)
+    B, S, C = du.shape
+    dM0 = dM.sum(axis=0) + du.reshape(B * S, C).T @ k.reshape(B * S, -1)   # (C, F)
+    return dM0, dk, dy, dp_w, dp_e
+
+
 # ----------------------------------------------------------------- batched (reference) write
 class BatchedWriteCache(NamedTuple):
     M0: np.ndarray       # (B, C, F) memory before the writes
@@ -190,7 +257,7 @@ def cosine_logits_forward(M, query, scale, bias):
     """
     rows, c_rows = unit_forward(M)                                   # (B, C, F)
     q_hat, c_q = unit_forward(query)                                 # (B, Q, F)
-    cos = np.einsum("bqf,bcf->bqc", q_hat, rows)                     # (B, Q, C)
+    cos = q_hat @ rows.swapaxes(-1, -2)                              # (B, Q, C)
     return scale * (cos + bias), CosineCache(c_rows, c_q, cos, scale, bias)
 
 
@@ -200,8 +267,8 @@ def cosine_logits_backward(dlogits, cache: CosineCache):
     dscale = np.sum(dlogits * (cos + bias)).reshape(1)               # (1,)
     dbias = scale * np.sum(dlogits)                                  # (1,)
     dcos = scale * dlogits                                           # (B, Q, C)
-    drows = np.einsum("bqc,bqf->bcf", dcos, c_q.x_hat)               # (B, C, F)
-    dq_hat = np.einsum("bqc,bcf->bqf", dcos, c_rows.x_hat)           # (B, Q, F)
+    drows = dcos.swapaxes(-1, -2) @ c_q.x_hat                        # (B, C, F)
+    dq_hat = dcos @ c_rows.x_hat                                     # (B, Q, F)
     return unit_backward(drows, c_rows), unit_backward(dq_hat, c_q), dscale, dbias
 
 
@@ -213,7 +280,7 @@ class FewShotCache(NamedTuple):
     base: object         # UnitCache of base.W
     y: np.ndarray        # (B, S, C) one-hot values
     eraser: object       # (MLPCache, e (B, S)) or None for the cosine head
-    write: object        # list of NAMWriteCache (sequential), BatchedWriteCache, or the cosine's (mean, counts)
+    write: object        # SequentialWriteCache, BatchedWriteCache, or the cosine's (mean, counts)
     cosine: CosineCache
 
 
@@ -236,15 +303,11 @@ def fewshot_forward(params: Mapping[str, np.ndarray], inputs, config: NAMFewShot
         h, c_mlp = mlp_forward(k, strip_prefix("eraser", params), activation="relu")   # (B, S, 1)
         e = 1.0 / (1.0 + np.exp(-h[..., 0]))                         # (B, S)  (FS-2)
         p_w, p_e = e, (e if config.erase else np.zeros_like(e))      # (FS-3)
-        M = np.concatenate([np.broadcast_to(Wb_hat, (B,) + Wb_hat.shape),
-                            np.zeros((B, config.N, config.F), k.dtype)], axis=1)   # (B, C, F)  M_0
-        if config.mode == "sequential":
-            write = []
-            for i in range(k.shape[1]):    # NAM writes are ordered: one shot after another
-                M, c_write = nam_write_forward(M, k[:, i], y[:, i], p_w[:, i], p_e[:, i], normalize=False)
-                write.append(c_write)
+        M0 = np.concatenate([Wb_hat, np.zeros((config.N, config.F), k.dtype)])   # (C, F)  M_0
+        if config.mode == "sequential":                              # NAM writes, one shot after another
+            M, write = sequential_write_forward(M0, k, y, p_w, p_e)  # (B, C, F)
         else:
-            M, write = batched_write_forward(M, k, y, p_w, p_e)      # (FS-4)-(FS-5)
+            M, write = batched_write_forward(np.broadcast_to(M0, (B,) + M0.shape), k, y, p_w, p_e)   # (FS-4)-(FS-5)
         eraser = (c_mlp, e)
     else:
         y_novel = y[..., config.K_b:]                                # (B, S, N)
@@ -270,13 +333,10 @@ def fewshot_backward(dlogits: np.ndarray, cache: FewShotCache):
     if config.head == "nam":
         c_mlp, e = cache.eraser
         if config.mode == "sequential":
-            B, S, F = cache.support.x_hat.shape
-            dk = np.empty((B, S, F), dM.dtype)
-            dp_w, dp_e = np.empty((B, S), dM.dtype), np.empty((B, S), dM.dtype)
-            for i in reversed(range(S)):         # the memory gradient is carried from shot i+1 to i
-                dM, dk[:, i], _, dp_w[:, i], dp_e[:, i] = nam_write_backward(dM, cache.write[i])
+            dM0, dk, _, dp_w, dp_e = sequential_write_backward(dM, cache.write)   # dM0 (C, F)
         else:
-            dM, dk, _, dp_w, dp_e = batched_write_backward(dM, cache.write)
+            dM0, dk, _, dp_w, dp_e = batched_write_backward(dM, cache.write)
+            dM0 = dM0.sum(axis=0)                                    # M_0 is shared by the episodes
         de = dp_w + dp_e if config.erase else dp_w                   # one net, two roles  (FS-3)
         dh = (de * e * (1.0 - e))[..., None]                         # (B, S, 1)  (FS-2)
         dk_eraser, eraser_grads = mlp_backward(dh, c_mlp)
@@ -288,7 +348,8 @@ def fewshot_backward(dlogits: np.ndarray, cache: FewShotCache):
         grads["phi"] = np.sum(dW_n * mean, axis=(0, 1))
         dmean = params["phi"] * dW_n / counts[..., None]
         dk = np.einsum("bsn,bnf->bsf", cache.y[..., K_b:], dmean)    # (B, S, F)
-    grads["base.W"] = unit_backward(np.sum(dM[:, :K_b], axis=0), cache.base)   # M_0 = [unit(W_b); 0]
+        dM0 = dM.sum(axis=0)
+    grads["base.W"] = unit_backward(dM0[:K_b], cache.base)           # M_0 = [unit(W_b); 0]
     dsupport = unit_backward(dk, cache.support)                      # (FS-1)
     return dsupport, dquery, {name: grads[name] for name in params}
 
