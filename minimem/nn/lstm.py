@@ -206,7 +206,9 @@ def lstm_forward(xs: np.ndarray, h0: np.ndarray | None, c0: np.ndarray | None,
     sign = _gate_signs(H, dtype)
     W_hs = W_h * sign                                           # (H, 4H) columns scaled by -1 / -2 (exact)
     # The input half of eq. (1) for every step in one product; only h_{t-1} @ W_h stays in the loop.
-    zx = (xs.reshape(T * B, X) @ (W_x * sign) + b * sign).reshape(T, B, 4 * H)   # (T, B, 4H), sign-scaled
+    zx = xs.reshape(T * B, X) @ (W_x * sign)                   # (T B, 4H), sign-scaled
+    zx += b * sign                                              # in place: a second (T B, 4H) buffer would
+    zx = zx.reshape(T, B, 4 * H)                                # cost fresh pages (page faults) every call
     gates = np.empty((T, B, 4 * H), dtype=dtype)                # every step's [i, f, g, o]
     cs, tanh_cs = np.empty((T, B, H), dtype=dtype), np.empty((T, B, H), dtype=dtype)
     h_all = np.empty((T + 1, B, H), dtype=dtype)                # h_0..h_T: h_all[:-1] are the h_{t-1}
