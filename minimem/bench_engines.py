@@ -58,8 +58,18 @@ median (range) of the six runs, then peak memory manual / autodiff):
     NAM-TM 3.0x (2.9-3.9; 25.2 / 44.8 MB)       NAM few-shot 3.1x (2.9-3.3; 4.6 / 8.9 MB)
     NAM Transformer 5.2x (4.6-6.1; 7.4 / 38.0 MB)   HMA head 5.5x (5.2-6.9; 7.1 / 76.2 MB)
     Titans MAC 4.1x (3.9-4.7; 52 / 163 MB)      Titans MAL 4.2x (4.0-4.7; 52 / 174 MB)
-The SDNC stays below 3x because its link bookkeeping (not differentiated, spec D.4) runs in both
-engines: ~37% of the manual step. Before the speed work (loaded machine, CPU-time ratios): SAM sparse
+Four runs at the end of the fifth session on issue 11 (same command, quiet machine), autodiff /
+manual and, in brackets, the ceiling autodiff step / manual forward alone:
+    SAM sparse 3.5x, 3.6x, 3.7x, 3.4x (5.3-5.9x)     SAM dense 3.5x, 3.4x, 3.8x, 3.8x (5.3-6.5x)
+    SDNC 2.2x, 2.0x, 2.2x, 2.0x (2.7-3.4x)            LSAM 2.9x, 3.2x, 3.3x, 3.3x (5.3-8.4x)
+    NAM-TM 3.0x, 3.1x, 3.2x, 3.1x (6.3-8.5x)          NAM Transformer 6.1x, 5.4x, 5.3x, 5.6x (13.8-15.7x)
+    HMA head 5.9x, 5.4x, 5.8x, 6.0x (10.2-12.0x)      Titans MAC 4.4x, 4.0x, 3.9x, 3.7x (7.4-9.1x)
+    Titans MAL 4.0x, 4.1x, 4.8x, 4.3x (9.4-12.7x)
+    NAM few-shot head 2.9x, 2.7x (6.1-7.0x) before its sequential writes became one triangular solve,
+        9.7x, 9.8x (16.7-18.1x; 1.4 / 8.9 MB) after
+The SDNC stays below 3x because its manual forward alone is a third or more of the autodiff step
+(ceiling 2.7-3.4x): its link bookkeeping (not differentiated, spec D.4; ~37% of the manual step) and
+its top-K and LRA choices run in both engines alike. Before the speed work (loaded machine, CPU-time ratios): SAM sparse
 1.9x, SDNC 1.2-1.3x, LSAM 2.5-2.7x, NAM-TM 2.7x, NAM Transformer 1.8-1.9x. Gradients agreed to
 1.1e-14 or better in every row.
 """
