@@ -11,7 +11,7 @@ alone, one training step at the demo sizes (bench_engines problems; faults per s
 
     NAM Transformer   1,554-2,595 faults   15.3 -> 7.8 ms
     HMA head          1,203-2,256 faults   18.7 -> 10.7 ms
-    NAM-TM            1,646 faults         35.7 -> 27.9 ms
+    NAM-TM            1,603-1,646 faults   35.7-49.0 -> 27.9-40.7 ms (four pairs, 1.06-1.28x)
     Titans MAL        5,643 faults         87.2 -> 64.1 ms
     LSAM              3,184-3,984 faults   44.0-50.5 -> 35.4-37.3 ms
 
